@@ -1,0 +1,67 @@
+"""The user-facing configuration of the flashcomm rewrite, validated at construction.
+
+Every entry point (backend by name, backend object, decorator, inspect) builds one of these, so a bad value is
+reported once, with the name of the field, before anything is traced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+SUPPORTED_BITS = (2, 4, 8)
+SUPPORTED_GROUP_SIZES = (32, 64, 128, 256, 512, 1024)
+REWRITE_MODES = ("auto", "always", "never")
+
+
+@dataclass(frozen=True)
+class FlashCommConfig:
+    """How all-reduces are compressed.
+
+    reduce_bits: bit width of the payload sent in the reduce-scatter (all-to-all) step.
+    gather_bits: bit width of the requantized sum sent in the all-gather step (its error is not averaged away).
+    group_size: consecutive elements sharing one scale and zero.
+    spike_reserve: keep each group's largest and smallest value exactly (Flash Communication v2), for 2-bit codes.
+    mode: "auto" rewrites where the size decision says it pays, "always" every eligible all-reduce, "never" none.
+    min_bytes: in "auto", all-reduces smaller than this many bytes keep the plain collective.
+    backward: also rewrite all-reduces in backward graphs (off: training gradients stay exact).
+    """
+
+    reduce_bits: int = 4
+    gather_bits: int = 8
+    group_size: int = 128
+    spike_reserve: bool = False
+    mode: str = "auto"
+    min_bytes: int = 1 << 20
+    backward: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("reduce_bits", "gather_bits"):
+            _check_choice(name, getattr(self, name), SUPPORTED_BITS)
+        _check_choice("group_size", self.group_size, SUPPORTED_GROUP_SIZES)
+        _check_choice("mode", self.mode, REWRITE_MODES)
+        for name in ("spike_reserve", "backward"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if isinstance(self.min_bytes, bool) or not isinstance(self.min_bytes, int) or self.min_bytes < 0:
+            raise ValueError(f"min_bytes must be a non-negative int, got {self.min_bytes!r}")
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any] | None = None, **overrides: Any) -> "FlashCommConfig":
+        """Build from an options dict (as `torch.compile(options=...)` passes it); unknown keys are errors."""
+        merged = {**(options or {}), **overrides}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(merged) - known)
+        if unknown:
+            raise ValueError(f"unknown flashcomm option(s) {unknown}; known: {sorted(known)}")
+        return cls(**merged)
+
+    def describe(self) -> str:
+        spike = "+spike" if self.spike_reserve else ""
+        return f"INT{self.reduce_bits}/INT{self.gather_bits}{spike} g{self.group_size} mode={self.mode}"
+
+
+def _check_choice(name: str, value: Any, choices: tuple) -> None:
+    if isinstance(value, bool) or value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")

@@ -1,0 +1,148 @@
+"""Pure-torch reference of the three kernels, operation for operation what the Triton kernels compute.
+
+It is the CPU implementation of the custom ops and the oracle of the kernel tests. Per group of G values x:
+
+    zero = min(x), scale = max(x)/L - min(x)/L  (L = 2^bits - 1; the split division cannot overflow float32)
+    code = clamp(floor((x - zero) / scale + 0.5), 0, L),  value = code * scale + zero
+
+With spike reserving the group's first argmax and argmin keep their exact values and min/max are taken over the
+rest. A group holding any inf or NaN gets scale = zero = NaN, so every non-spike value of it dequantizes to NaN: a
+non-finite input never turns into a finite wrong output. A constant group gets scale 0 and reproduces exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .layout import PayloadLayout
+
+
+@dataclass
+class QuantizedGroups:
+    """Unpacked per-group quantization state; `hi`/`lo` and their indices are None without spike reserving."""
+
+    codes: torch.Tensor  # int32 [n, G]
+    scale: torch.Tensor  # float32 [n]
+    zero: torch.Tensor  # float32 [n]
+    hi: torch.Tensor | None = None
+    lo: torch.Tensor | None = None
+    hi_index: torch.Tensor | None = None  # int32 [n]
+    lo_index: torch.Tensor | None = None
+
+
+def _pick(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x[row, index[row]] as a masked sum, as the Triton kernel computes it (so -0.0 reads back as 0.0 in both)."""
+    hit = torch.arange(x.shape[1], device=x.device)[None, :] == index[:, None]
+    return torch.where(hit, x, torch.zeros_like(x)).sum(1)
+
+
+def quantize_groups(x: torch.Tensor, bits: int, spike_reserve: bool) -> QuantizedGroups:
+    levels = float((1 << bits) - 1)
+    nonfinite = (~torch.isfinite(x)).any(1)
+    hi = lo = hi_index = lo_index = None
+    if spike_reserve:
+        hi_index, lo_index = x.argmax(1), x.argmin(1)
+        column = torch.arange(x.shape[1], device=x.device)[None, :]
+        is_spike = (column == hi_index[:, None]) | (column == lo_index[:, None])
+        hi, lo = _pick(x, hi_index), _pick(x, lo_index)
+        mx = torch.where(is_spike, float("-inf"), x).amax(1)
+        mn = torch.where(is_spike, float("inf"), x).amin(1)
+        hi_index, lo_index = hi_index.to(torch.int32), lo_index.to(torch.int32)
+    else:
+        mx, mn = x.amax(1), x.amin(1)
+    nan = torch.full_like(mn, float("nan"))
+    scale = torch.where(nonfinite, nan, mx / levels - mn / levels)
+    zero = torch.where(nonfinite, nan, mn)
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    v = torch.floor((x - zero[:, None]) / safe[:, None] + 0.5)
+    v = torch.where(v == v, v, torch.zeros_like(v))
+    codes = v.clamp(0.0, levels).to(torch.int32)
+    return QuantizedGroups(codes, scale, zero, hi, lo, hi_index, lo_index)
+
+
+def dequantize_groups(q: QuantizedGroups) -> torch.Tensor:
+    v = q.codes.to(torch.float32) * q.scale[:, None] + q.zero[:, None]
+    if q.hi is not None:
+        column = torch.arange(v.shape[1], device=v.device)[None, :]
+        v = torch.where(column == q.lo_index[:, None], q.lo[:, None], v)
+        v = torch.where(column == q.hi_index[:, None], q.hi[:, None], v)
+    return v
+
+
+def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """int32 [n, G] codes -> uint8 [n, G*bits/8]; code j sits in byte j // (8/bits) at bit (j % (8/bits)) * bits."""
+    per_byte = 8 // bits
+    shifts = torch.arange(per_byte, device=codes.device, dtype=torch.int32) * bits
+    grouped = codes.reshape(codes.shape[0], -1, per_byte)
+    return (grouped << shifts).sum(2).to(torch.uint8)
+
+
+def unpack_codes(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    per_byte = 8 // bits
+    shifts = torch.arange(per_byte, device=packed.device, dtype=torch.int32) * bits
+    codes = (packed.to(torch.int32)[:, :, None] >> shifts) & ((1 << bits) - 1)
+    return codes.reshape(packed.shape[0], -1)
+
+
+def _fields(layout: PayloadLayout) -> list[tuple[str, int, torch.dtype]]:
+    """(name, byte offset, dtype) of each per-group metadata array inside one chunk."""
+    n = layout.groups_per_chunk
+    fields = [("scale", layout.codes_bytes, torch.float32), ("zero", layout.codes_bytes + 4 * n, torch.float32)]
+    if layout.spike_reserve:
+        base = layout.codes_bytes + 8 * n
+        fields += [
+            ("hi", base, torch.float32),
+            ("lo", base + 4 * n, torch.float32),
+            ("hi_index", base + 8 * n, torch.int16),
+            ("lo_index", base + 10 * n, torch.int16),
+        ]
+    return fields
+
+
+def encode(q: QuantizedGroups, layout: PayloadLayout) -> torch.Tensor:
+    """Groups of `chunks` whole chunks -> uint8 [chunks, chunk_bytes]."""
+    chunks = q.codes.shape[0] // layout.groups_per_chunk
+    out = torch.empty((chunks, layout.chunk_bytes), dtype=torch.uint8, device=q.codes.device)
+    out[:, : layout.codes_bytes] = pack_codes(q.codes, layout.bits).reshape(chunks, -1)
+    for name, offset, dtype in _fields(layout):
+        values = getattr(q, name).to(dtype).reshape(chunks, -1)
+        out[:, offset : offset + values.shape[1] * values.element_size()] = values.view(torch.uint8)
+    return out
+
+
+def decode(payload: torch.Tensor, layout: PayloadLayout) -> QuantizedGroups:
+    """uint8 [chunks, chunk_bytes] -> the groups it carries (chunk-major)."""
+    chunks, n = payload.shape[0], layout.groups_per_chunk
+    codes = unpack_codes(payload[:, : layout.codes_bytes].reshape(chunks * n, -1), layout.bits)
+    meta = {}
+    for name, offset, dtype in _fields(layout):
+        width = n * torch.empty((), dtype=dtype).element_size()
+        values = payload[:, offset : offset + width].contiguous().view(dtype).reshape(-1)
+        meta[name] = values.to(torch.int32) if dtype == torch.int16 else values
+    return QuantizedGroups(codes, **meta)
+
+
+def quantize(x: torch.Tensor, layout: PayloadLayout) -> torch.Tensor:
+    """Any-shape x -> uint8 [world_size, chunk_bytes], chunk r destined for rank r."""
+    flat = x.reshape(-1).to(torch.float32)
+    padded = torch.zeros(layout.padded_numel, dtype=torch.float32, device=x.device)
+    padded[: flat.numel()] = flat
+    groups = quantize_groups(padded.reshape(-1, layout.group_size), layout.bits, layout.spike_reserve)
+    return encode(groups, layout)
+
+
+def dequant_sum_requant(received: torch.Tensor, layout: PayloadLayout, out_bits: int) -> torch.Tensor:
+    """uint8 [W, chunk_bytes] (chunk r from every rank) -> fp32 sum requantized at out_bits, uint8 [1, chunk_bytes']."""
+    total = torch.zeros(layout.groups_per_chunk, layout.group_size, dtype=torch.float32, device=received.device)
+    for source in range(received.shape[0]):
+        total = total + dequantize_groups(decode(received[source : source + 1], layout))
+    out_layout = layout.with_bits(out_bits)
+    return encode(quantize_groups(total, out_bits, layout.spike_reserve), out_layout)
+
+
+def dequantize(gathered: torch.Tensor, layout: PayloadLayout, dtype: torch.dtype, shape) -> torch.Tensor:
+    """uint8 [W, chunk_bytes] (the requantized chunk of every rank) -> tensor of `dtype` and `shape`."""
+    values = dequantize_groups(decode(gathered, layout)).reshape(-1)[: layout.numel]
+    return values.to(dtype).reshape(shape)

@@ -1,0 +1,193 @@
+"""Triton kernels of the two-step pipeline, specialised (constexpr) per bit width, group size, world size and spike
+reserving; the input dtype specialises through the pointer type. Each program handles BLOCK_G whole groups as a
+[BLOCK_G, G] tile, so a group's min/max is a row reduction and codes are packed in registers straight into the one
+payload buffer. The arithmetic mirrors `reference.py` line for line; see it for the quantization rule.
+
+The payload is passed three times (as uint8, float32 and int16 views of the same bytes) so that the metadata can be
+stored with typed accesses without pointer casts, which also keeps the kernels runnable under TRITON_INTERPRET=1.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import wrap_triton
+
+from .layout import PayloadLayout
+
+ELEMENTS_PER_PROGRAM = 2048
+
+
+@triton.jit
+def _pack(q, BITS: tl.constexpr, G: tl.constexpr, BLOCK_G: tl.constexpr):
+    if BITS == 8:
+        packed = q
+    else:
+        PER: tl.constexpr = 8 // BITS
+        shifts = (tl.arange(0, PER) * BITS)[None, None, :]
+        packed = tl.sum(tl.reshape(q, (BLOCK_G, G // PER, PER)) << shifts, axis=2)
+    return packed.to(tl.uint8)
+
+
+@triton.jit
+def _unpack(b, BITS: tl.constexpr, G: tl.constexpr, BLOCK_G: tl.constexpr):
+    if BITS == 8:
+        q = b
+    else:
+        PER: tl.constexpr = 8 // BITS
+        shifts = (tl.arange(0, PER) * BITS)[None, None, :]
+        q = tl.reshape((b[:, :, None] >> shifts) & ((1 << BITS) - 1), (BLOCK_G, G))
+    return q
+
+
+@triton.jit
+def _quantize_tile(x, BITS: tl.constexpr, G: tl.constexpr, SPIKE: tl.constexpr, BLOCK_G: tl.constexpr):
+    LEVELS: tl.constexpr = (1 << BITS) - 1
+    column = tl.arange(0, G)[None, :]
+    nonfinite = tl.max(((x != x) | (tl.abs(x) == float("inf"))).to(tl.int32), axis=1) > 0
+    if SPIKE:
+        hi_index = tl.argmax(x, axis=1)
+        lo_index = tl.argmin(x, axis=1)
+        is_hi = column == hi_index[:, None]
+        is_lo = column == lo_index[:, None]
+        hi = tl.sum(tl.where(is_hi, x, 0.0), axis=1)
+        lo = tl.sum(tl.where(is_lo, x, 0.0), axis=1)
+        mx = tl.max(tl.where(is_hi | is_lo, float("-inf"), x), axis=1)
+        mn = tl.min(tl.where(is_hi | is_lo, float("inf"), x), axis=1)
+    else:
+        hi_index = tl.zeros((BLOCK_G,), tl.int32)
+        lo_index = hi_index
+        mx = tl.max(x, axis=1)
+        mn = tl.min(x, axis=1)
+        hi = mx
+        lo = mn
+    scale = tl.where(nonfinite, float("nan"), mx / LEVELS - mn / LEVELS)
+    zero = tl.where(nonfinite, float("nan"), mn)
+    safe = tl.where(scale > 0, scale, 1.0)
+    v = tl.floor((x - zero[:, None]) / safe[:, None] + 0.5)
+    v = tl.where(v == v, v, 0.0)
+    q = tl.minimum(tl.maximum(v, 0.0), LEVELS).to(tl.int32)
+    return _pack(q, BITS, G, BLOCK_G), scale, zero, hi, lo, hi_index, lo_index
+
+
+@triton.jit
+def _store_groups(u8, f32, i16, base, group, groups_per_chunk, valid, packed, scale, zero, hi, lo, hi_index,
+                  lo_index, BITS: tl.constexpr, G: tl.constexpr, SPIKE: tl.constexpr):
+    NB: tl.constexpr = G * BITS // 8
+    codes = base[:, None] + group[:, None] * NB + tl.arange(0, NB)[None, :]
+    tl.store(u8 + codes, packed, mask=valid[:, None])
+    start = base + groups_per_chunk * NB
+    meta = start // 4 + group
+    tl.store(f32 + meta, scale, mask=valid)
+    tl.store(f32 + meta + groups_per_chunk, zero, mask=valid)
+    if SPIKE:
+        tl.store(f32 + meta + 2 * groups_per_chunk, hi, mask=valid)
+        tl.store(f32 + meta + 3 * groups_per_chunk, lo, mask=valid)
+        index = start // 2 + 8 * groups_per_chunk + group
+        tl.store(i16 + index, hi_index.to(tl.int16), mask=valid)
+        tl.store(i16 + index + groups_per_chunk, lo_index.to(tl.int16), mask=valid)
+
+
+@triton.jit
+def _load_groups(u8, f32, i16, base, group, groups_per_chunk, valid, BITS: tl.constexpr, G: tl.constexpr,
+                 SPIKE: tl.constexpr, BLOCK_G: tl.constexpr):
+    NB: tl.constexpr = G * BITS // 8
+    codes = base[:, None] + group[:, None] * NB + tl.arange(0, NB)[None, :]
+    q = _unpack(tl.load(u8 + codes, mask=valid[:, None], other=0).to(tl.int32), BITS, G, BLOCK_G)
+    start = base + groups_per_chunk * NB
+    meta = start // 4 + group
+    scale = tl.load(f32 + meta, mask=valid, other=0.0)
+    zero = tl.load(f32 + meta + groups_per_chunk, mask=valid, other=0.0)
+    v = q.to(tl.float32) * scale[:, None] + zero[:, None]
+    if SPIKE:
+        column = tl.arange(0, G)[None, :]
+        hi = tl.load(f32 + meta + 2 * groups_per_chunk, mask=valid, other=0.0)
+        lo = tl.load(f32 + meta + 3 * groups_per_chunk, mask=valid, other=0.0)
+        index = start // 2 + 8 * groups_per_chunk + group
+        hi_index = tl.load(i16 + index, mask=valid, other=0).to(tl.int32)
+        lo_index = tl.load(i16 + index + groups_per_chunk, mask=valid, other=0).to(tl.int32)
+        v = tl.where(column == lo_index[:, None], lo[:, None], v)
+        v = tl.where(column == hi_index[:, None], hi[:, None], v)
+    return v
+
+
+@triton.jit
+def quantize_kernel(x, u8, f32, i16, numel, total_groups, groups_per_chunk, chunk_bytes, BITS: tl.constexpr,
+                    G: tl.constexpr, SPIKE: tl.constexpr, BLOCK_G: tl.constexpr):
+    group = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
+    valid = group < total_groups
+    offsets = group.to(tl.int64)[:, None] * G + tl.arange(0, G)[None, :]
+    values = tl.load(x + offsets, mask=offsets < numel, other=0.0).to(tl.float32)
+    packed, scale, zero, hi, lo, hi_index, lo_index = _quantize_tile(values, BITS, G, SPIKE, BLOCK_G)
+    base = (group // groups_per_chunk).to(tl.int64) * chunk_bytes
+    _store_groups(u8, f32, i16, base, group % groups_per_chunk, groups_per_chunk, valid, packed, scale, zero, hi, lo,
+                  hi_index, lo_index, BITS, G, SPIKE)
+
+
+@triton.jit
+def dequant_sum_requant_kernel(in_u8, in_f32, in_i16, out_u8, out_f32, out_i16, groups_per_chunk, in_chunk_bytes,
+                               WORLD: tl.constexpr, IN_BITS: tl.constexpr, OUT_BITS: tl.constexpr, G: tl.constexpr,
+                               SPIKE: tl.constexpr, BLOCK_G: tl.constexpr):
+    group = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
+    valid = group < groups_per_chunk
+    base = tl.zeros((BLOCK_G,), tl.int64)
+    total = tl.zeros((BLOCK_G, G), tl.float32)
+    for source in tl.static_range(WORLD):
+        total += _load_groups(in_u8, in_f32, in_i16, base + source * in_chunk_bytes, group, groups_per_chunk, valid,
+                              IN_BITS, G, SPIKE, BLOCK_G)
+    packed, scale, zero, hi, lo, hi_index, lo_index = _quantize_tile(total, OUT_BITS, G, SPIKE, BLOCK_G)
+    _store_groups(out_u8, out_f32, out_i16, base, group, groups_per_chunk, valid, packed, scale, zero, hi, lo,
+                  hi_index, lo_index, OUT_BITS, G, SPIKE)
+
+
+@triton.jit
+def dequantize_kernel(u8, f32, i16, out, numel, total_groups, groups_per_chunk, chunk_bytes, BITS: tl.constexpr,
+                      G: tl.constexpr, SPIKE: tl.constexpr, BLOCK_G: tl.constexpr):
+    group = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
+    valid = group < total_groups
+    base = (group // groups_per_chunk).to(tl.int64) * chunk_bytes
+    values = _load_groups(u8, f32, i16, base, group % groups_per_chunk, groups_per_chunk, valid, BITS, G, SPIKE,
+                          BLOCK_G)
+    offsets = group.to(tl.int64)[:, None] * G + tl.arange(0, G)[None, :]
+    tl.store(out + offsets, values.to(out.dtype.element_ty), mask=offsets < numel)
+
+
+def _block_groups(group_size: int) -> int:
+    return max(1, ELEMENTS_PER_PROGRAM // group_size)
+
+
+def _views(payload: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    flat = payload.reshape(-1)
+    return flat, flat.view(torch.float32), flat.view(torch.int16)
+
+
+def quantize(x: torch.Tensor, layout: PayloadLayout) -> torch.Tensor:
+    out = torch.empty((layout.world_size, layout.chunk_bytes), dtype=torch.uint8, device=x.device)
+    total_groups = layout.world_size * layout.groups_per_chunk
+    block = _block_groups(layout.group_size)
+    wrap_triton(quantize_kernel)[(triton.cdiv(total_groups, block),)](
+        x.contiguous(), *_views(out), x.numel(), total_groups, layout.groups_per_chunk, layout.chunk_bytes,
+        BITS=layout.bits, G=layout.group_size, SPIKE=layout.spike_reserve, BLOCK_G=block)
+    return out
+
+
+def dequant_sum_requant(received: torch.Tensor, layout: PayloadLayout, out_bits: int) -> torch.Tensor:
+    out_layout = layout.with_bits(out_bits)
+    out = torch.empty((1, out_layout.chunk_bytes), dtype=torch.uint8, device=received.device)
+    block = _block_groups(layout.group_size)
+    wrap_triton(dequant_sum_requant_kernel)[(triton.cdiv(layout.groups_per_chunk, block),)](
+        *_views(received.contiguous()), *_views(out), layout.groups_per_chunk, layout.chunk_bytes,
+        WORLD=received.shape[0], IN_BITS=layout.bits, OUT_BITS=out_bits, G=layout.group_size,
+        SPIKE=layout.spike_reserve, BLOCK_G=block)
+    return out
+
+
+def dequantize(gathered: torch.Tensor, layout: PayloadLayout, dtype: torch.dtype, shape) -> torch.Tensor:
+    out = torch.empty(shape, dtype=dtype, device=gathered.device)
+    total_groups = layout.world_size * layout.groups_per_chunk
+    block = _block_groups(layout.group_size)
+    wrap_triton(dequantize_kernel)[(triton.cdiv(total_groups, block),)](
+        *_views(gathered.contiguous()), out, layout.numel, total_groups, layout.groups_per_chunk,
+        layout.chunk_bytes, BITS=layout.bits, G=layout.group_size, SPIKE=layout.spike_reserve, BLOCK_G=block)
+    return out

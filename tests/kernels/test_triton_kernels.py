@@ -1,0 +1,78 @@
+"""Every Triton kernel against its torch reference: under TRITON_INTERPRET=1 on CPU, compiled on CUDA.
+
+Payload bytes must match exactly (both compute in float32 with the same operations). The dequantized output must
+match exactly too, except where a backend rounds differently: Triton's interpreter truncates float32 -> bfloat16
+instead of rounding to nearest, and compiled CUDA code may contract code * scale + zero into one FMA; there the
+output may differ by one unit in the last place, and both must still lie within the analytic bound.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from hypothesis import given, strategies as st
+
+from flashcomm_compile.kernels import reference
+from flashcomm_compile.kernels.bounds import pipeline_error_bound
+from tests.kernels.simulate import simulate
+from tests.strategies import BITS, DISTRIBUTIONS, DTYPES, GROUP_SIZES, make_activation
+
+DEVICES = [
+    pytest.param("cpu", marks=pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
+                                                 reason="Triton on CPU needs TRITON_INTERPRET=1")),
+    pytest.param("cuda", marks=[pytest.mark.gpu,
+                                pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]),
+]
+
+
+def _triton():
+    from flashcomm_compile.kernels import triton_kernels
+
+    return triton_kernels
+
+
+def _ulp_close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal, or one unit in the last place apart (NaN matching NaN)."""
+    a64, b64 = a.double(), b.double()
+    both_nan = a64.isnan() & b64.isnan()
+    ulp = torch.finfo(a.dtype).eps * torch.maximum(a64.abs(), b64.abs()) + torch.finfo(a.dtype).tiny
+    return bool(torch.all(both_nan | (a64 == b64) | ((a64 - b64).abs() <= ulp)))
+
+
+def _same_payload(a: torch.Tensor, b: torch.Tensor, device: str) -> bool:
+    """Byte equality; on CUDA the division may round the last bit of a code differently at an exact tie."""
+    if device == "cpu":
+        return torch.equal(a.cpu(), b.cpu())
+    return (a.cpu() != b.cpu()).float().mean().item() < 1e-3
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@given(world=st.integers(1, 8), dtype=st.sampled_from(DTYPES), distribution=st.sampled_from(DISTRIBUTIONS),
+       numel=st.integers(1, 2500), seed=st.integers(0, 2**31 - 1), reduce_bits=st.sampled_from(BITS),
+       gather_bits=st.sampled_from(BITS), group_size=st.sampled_from(GROUP_SIZES), spike=st.booleans())
+def test_kernels_match_reference_and_bound(device, world, dtype, distribution, numel, seed, reduce_bits,
+                                           gather_bits, group_size, spike):
+    inputs = [make_activation(numel, dtype, distribution, seed + r, world) for r in range(world)]
+    expected, layout = simulate(reference, inputs, reduce_bits, gather_bits, group_size, spike)
+    got, _ = simulate(_triton(), [x.to(device) for x in inputs], reduce_bits, gather_bits, group_size, spike)
+    for sent, ref in zip(got.sent, expected.sent):
+        assert _same_payload(sent, ref, device)
+    out = got.outputs[0].cpu()
+    assert _ulp_close(out, expected.outputs[0])
+    for other in got.outputs[1:]:
+        assert torch.equal(other.cpu().view(torch.uint8), out.view(torch.uint8))
+    exact = torch.stack([x.double() for x in inputs]).sum(0)
+    bound = pipeline_error_bound([s.cpu() for s in got.sent], got.gathered.cpu(), layout, gather_bits, dtype, out)
+    assert torch.all((out.double() - exact).abs() <= bound.double())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_kernels_keep_non_finite_non_finite(device, bad):
+    inputs = [torch.randn(3000), torch.randn(3000)]
+    inputs[1][1234] = bad
+    got, _ = simulate(_triton(), [x.to(device) for x in inputs], 4, 8, 128, True)
+    value = got.outputs[0][1234].item()
+    assert value != value or abs(value) == float("inf")

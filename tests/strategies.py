@@ -1,0 +1,38 @@
+"""Hypothesis strategies for activations as TP all-reduces see them: normal values, outlier channels, constant
+groups, all zeros, magnitudes near the dtype's maximum (with headroom so the exact sum stays finite), tiny values."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import strategies as st
+
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+BITS = (2, 4, 8)
+GROUP_SIZES = (32, 64, 128, 256, 512, 1024)
+DISTRIBUTIONS = ("normal", "outliers", "constant_groups", "zeros", "huge", "tiny")
+
+
+def make_activation(numel: int, dtype: torch.dtype, distribution: str, seed: int, world_size: int = 1) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(numel, generator=gen, dtype=torch.float64)
+    if distribution == "outliers":
+        hits = torch.randint(0, numel, (max(1, numel // 50),), generator=gen)
+        x[hits] *= 500.0
+    elif distribution == "constant_groups":
+        x = x[torch.arange(numel) // 32]
+    elif distribution == "zeros":
+        x = torch.zeros(numel, dtype=torch.float64)
+    elif distribution == "huge":
+        x = x / x.abs().max().clamp_min(1e-30) * (torch.finfo(dtype).max / (2 * world_size))
+    elif distribution == "tiny":
+        x = x * 1e-6
+    return x.to(dtype)
+
+
+@st.composite
+def activations(draw, world_size: int = 1, max_numel: int = 3000):
+    numel = draw(st.integers(1, max_numel))
+    dtype = draw(st.sampled_from(DTYPES))
+    distribution = draw(st.sampled_from(DISTRIBUTIONS))
+    seed = draw(st.integers(0, 2**31 - 1))
+    return make_activation(numel, dtype, distribution, seed, world_size)
