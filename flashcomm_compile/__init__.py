@@ -1,0 +1,16 @@
+"""flashcomm-compile: the Flash Communication low-bit two-step all-reduce as a torch.compile pass.
+
+    torch.compile(model, backend="flashcomm", options={"reduce_bits": 4})
+    torch.compile(model, backend=flashcomm_compile.backend(reduce_bits=4))
+    @flashcomm_compile.compile(reduce_bits=4, mode="reduce-overhead")
+"""
+
+from . import kernels  # noqa: F401  (registers torch.ops.flashcomm)
+from .collective import two_step_all_reduce
+from .config import FlashCommConfig
+from .decorator import compile
+from .dynamo_backend import FlashCommBackend, backend, register_by_name
+
+register_by_name()
+
+__all__ = ["FlashCommBackend", "FlashCommConfig", "backend", "compile", "two_step_all_reduce"]

@@ -1,0 +1,69 @@
+"""The `flashcomm` torch.compile backend: Inductor, with the flashcomm pass on its post-grad graphs.
+
+Reached by name (`torch.compile(m, backend="flashcomm", options={...})`, through the `torch_dynamo_backends` entry
+point) or as an object (`torch.compile(m, backend=flashcomm_compile.backend(reduce_bits=4))`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch._inductor import config as inductor_config
+from torch._inductor import list_mode_options
+from torch._inductor.compile_fx import compile_fx, compile_fx_inner
+
+from .config import FlashCommConfig
+from .passes.engine import FlashCommPass, GraphRecord
+
+INDUCTOR_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+class FlashCommBackend:
+    """A configured backend. `records` lists what the pass did to each graph it compiled (not on cache hits)."""
+
+    def __init__(self, config: FlashCommConfig | None = None, *, inductor_mode: str | None = None, **options: Any):
+        if config is not None and options:
+            raise ValueError("pass either a FlashCommConfig or options, not both")
+        if inductor_mode is not None and inductor_mode not in INDUCTOR_MODES:
+            raise ValueError(f"inductor_mode must be one of {list(INDUCTOR_MODES)}, got {inductor_mode!r}")
+        self.config = config if config is not None else FlashCommConfig.from_options(options)
+        self.inductor_mode = inductor_mode
+        self.graph_pass = FlashCommPass(self.config)
+
+    @property
+    def records(self) -> list[GraphRecord]:
+        return self.graph_pass.records
+
+    def __call__(self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any]):
+        patches = list_mode_options(self.inductor_mode) if self.inductor_mode else None
+        return compile_fx(gm, example_inputs, inner_compile=self._inner_compile, config_patches=patches)
+
+    def _inner_compile(self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any], **kwargs: Any):
+        # Chosen per graph, since a backward graph is compiled lazily, outside any patch around the first call.
+        wanted = self.config.backward or not kwargs.get("is_backward", False)
+        with inductor_config.patch(post_grad_custom_post_pass=self.graph_pass if wanted else None):
+            return compile_fx_inner(gm, example_inputs, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"FlashCommBackend({self.config.describe()}, inductor_mode={self.inductor_mode!r})"
+
+
+def backend(**options: Any) -> FlashCommBackend:
+    """A backend object for `torch.compile(model, backend=...)`; options are FlashCommConfig fields."""
+    inductor_mode = options.pop("inductor_mode", None)
+    return FlashCommBackend(inductor_mode=inductor_mode, **options)
+
+
+def flashcomm(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], mode: str | None = None,
+              options: dict[str, Any] | None = None):
+    """The backend registered by name: torch.compile passes its `mode` and `options` here."""
+    return FlashCommBackend(inductor_mode=mode, **(options or {}))(gm, example_inputs)
+
+
+def register_by_name() -> None:
+    """Make backend="flashcomm" work when the package runs from a source tree without its entry point installed."""
+    from torch._dynamo.backends.registry import list_backends, register_backend
+
+    if "flashcomm" not in list_backends(exclude_tags=()):
+        register_backend(compiler_fn=flashcomm, name="flashcomm")

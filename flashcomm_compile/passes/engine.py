@@ -1,0 +1,87 @@
+"""Applies the declared rules to every all-reduce of a graph and records what it decided for each, and why."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
+from torch._inductor.pattern_matcher import is_match
+
+from ..config import FlashCommConfig
+from .rules import ALL_REDUCE, RULES, Rule
+from .site import Site, world_size_of
+
+
+@dataclass
+class SiteReport:
+    site: Site
+    rule: str | None
+    rewritten: bool
+    reason: str
+
+
+@dataclass
+class GraphRecord:
+    """One run of the pass: the graph's code before and after, and a report per all-reduce."""
+
+    before: str
+    after: str
+    sites: list[SiteReport] = field(default_factory=list)
+    op_counts: Counter = field(default_factory=Counter)  # call_function targets left in the graph, by name
+
+    def rewritten(self) -> list[SiteReport]:
+        return [s for s in self.sites if s.rewritten]
+
+
+def apply_rules(graph: torch.fx.Graph, config: FlashCommConfig, rules: tuple[Rule, ...] = RULES) -> list[SiteReport]:
+    reports = []
+    for all_reduce in [n for n in graph.nodes if n.target is ALL_REDUCE]:
+        reports.append(_apply_first_matching(all_reduce, config, rules))
+    return reports
+
+
+def _apply_first_matching(all_reduce: torch.fx.Node, config: FlashCommConfig, rules) -> SiteReport:
+    inp, reduce_op, group_name = all_reduce.args[:3]
+    site = Site(all_reduce, inp, reduce_op, group_name, world_size_of(group_name))
+    for rule in rules:
+        for root in list(all_reduce.users):
+            match = rule.pattern.match(root)
+            if not is_match(match):
+                continue
+            decision = rule.guard(site, config)
+            if decision.rewrite:
+                match.replace_by_example(rule.replacement(site, config), [match.kwargs["inp"]])
+            return SiteReport(site, rule.name, decision.rewrite, decision.reason)
+    return SiteReport(site, None, False, "no rule matches (the all_reduce is not consumed by exactly one wait)")
+
+
+def _graph_code(graph: torch.fx.Graph) -> str:
+    return graph.python_code("self").src
+
+
+class FlashCommPass(CustomGraphPass):
+    """The post-grad pass. Its uuid hashes the pass and kernel sources and the config, so Inductor's FX graph cache
+    stays on yet never reuses a graph compiled by another version or config (on a cache hit the pass does not run)."""
+
+    def __init__(self, config: FlashCommConfig, rules: tuple[Rule, ...] = RULES):
+        self.config = config
+        self.rules = rules
+        self.records: list[GraphRecord] = []
+
+    def __call__(self, graph: torch.fx.Graph) -> None:
+        before = _graph_code(graph)
+        sites = apply_rules(graph, self.config, self.rules)
+        graph.lint()
+        ops = Counter(str(n.target) for n in graph.nodes if n.op == "call_function")
+        self.records.append(GraphRecord(before, _graph_code(graph), sites, ops))
+
+    def uuid(self) -> bytes:
+        return get_hash_for_files(_source_files(), extra=repr(self.config))
+
+
+def _source_files() -> tuple[str, ...]:
+    package = Path(__file__).resolve().parent.parent
+    return tuple(str(p) for p in sorted(package.rglob("*.py")) if "__pycache__" not in p.parts)

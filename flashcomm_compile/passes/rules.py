@@ -1,0 +1,41 @@
+"""The rewrite rules, declared: the pattern each matches in Inductor's post-grad graph, the guard deciding when it
+applies, and the replacement traced in its place. `engine.py` applies them; nothing here touches the graph."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch._inductor.pattern_matcher import CallFunction, KeywordArg, PatternExpr
+
+from ..collective import two_step_all_reduce
+from ..config import FlashCommConfig
+from . import guards
+from .site import Site
+
+ALL_REDUCE = torch.ops._c10d_functional.all_reduce.default
+WAIT_TENSOR = torch.ops._c10d_functional.wait_tensor.default
+
+Replacement = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    pattern: PatternExpr  # rooted at the node whose value the replacement takes over
+    guard: Callable[[Site, FlashCommConfig], guards.Decision]
+    replacement: Callable[[Site, FlashCommConfig], Replacement]  # builds fn(input) -> output
+
+
+QUANTIZED_ALL_REDUCE = Rule(
+    name="quantized_all_reduce",
+    pattern=CallFunction(
+        WAIT_TENSOR,
+        CallFunction(ALL_REDUCE, KeywordArg("inp"), KeywordArg("reduce_op"), KeywordArg("group_name")),
+    ),
+    guard=guards.quantized_all_reduce,
+    replacement=lambda site, config: lambda inp: two_step_all_reduce(inp, site.group_name, site.world_size, config),
+)
+
+RULES: tuple[Rule, ...] = (QUANTIZED_ALL_REDUCE,)

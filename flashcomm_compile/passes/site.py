@@ -1,0 +1,62 @@
+"""What the pass knows about one all-reduce in a post-grad graph, read from the matched nodes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.fx.experimental.symbolic_shapes import statically_known_true
+
+
+@dataclass(frozen=True)
+class Site:
+    """One `wait_tensor(all_reduce(inp, reduce_op, group_name))`; sizes may be SymInts under dynamic shapes."""
+
+    node: torch.fx.Node  # the all_reduce node
+    input_node: torch.fx.Node
+    reduce_op: str
+    group_name: str
+    world_size: int | None  # None when the group is unknown to this process
+
+    @property
+    def value(self) -> torch.Tensor:
+        return self.input_node.meta["val"]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.value.dtype
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.value.shape)
+
+    @property
+    def numel(self):
+        return self.value.numel()
+
+    @property
+    def nbytes(self):
+        return self.numel * self.value.element_size()
+
+    @property
+    def is_static(self) -> bool:
+        return isinstance(self.numel, int)
+
+    def proves(self, condition) -> bool:
+        """True only if `condition` holds for every size the graph admits; installs no guard."""
+        return statically_known_true(condition)
+
+    @property
+    def source(self) -> str:
+        """The user's line that issued the collective, from the node's stack trace ('' when unknown)."""
+        trace = self.node.meta.get("stack_trace") or ""
+        frames = [line.strip() for line in trace.splitlines() if line.strip().startswith("File ")]
+        return frames[-1] if frames else ""
+
+
+def world_size_of(group_name: str) -> int | None:
+    try:
+        return dist.distributed_c10d._resolve_process_group(group_name).size()
+    except Exception:  # noqa: BLE001 - an unknown group only means the rule cannot apply
+        return None

@@ -1,0 +1,199 @@
+"""The pass end to end on gloo ranks: exact nodes, the analytic bound, bitwise-identical ranks, untouched cases,
+every way of naming the group, dynamic shapes without recompiles, backward graphs left alone unless asked."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.distributed._functional_collectives as funcol
+
+from flashcomm_compile.kernels import reference
+from flashcomm_compile.kernels.bounds import pipeline_error_bound
+from tests.distributed import run_ranks
+from tests.kernels.simulate import simulate
+
+REWRITTEN_OPS = {
+    "flashcomm.quantize.default": 1,
+    "_c10d_functional.all_to_all_single.default": 1,
+    "flashcomm.dequant_sum_requant.default": 1,
+    "_c10d_functional.all_gather_into_tensor.default": 1,
+    "flashcomm.dequantize.default": 1,
+    "_c10d_functional.wait_tensor.default": 2,
+}
+COLLECTIVES = ("_c10d_functional.all_reduce.default",) + tuple(k for k in REWRITTEN_OPS if "c10d" in k)
+
+
+def _counts(record, sites: int = 1) -> dict:
+    return {k: record.op_counts.get(k, 0) for k in REWRITTEN_OPS}, {k: v * sites for k, v in REWRITTEN_OPS.items()}
+
+
+def _compile(fn, dynamic=None, **config):
+    import flashcomm_compile
+
+    backend = flashcomm_compile.backend(**config)
+    return torch.compile(fn, backend=backend, dynamic=dynamic), backend
+
+
+def _everyone(x: torch.Tensor) -> list[torch.Tensor]:
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return parts
+
+
+def _single_site(rank, world):
+    """One all-reduce per config: node counts, equality with the simulated pipeline, the bound."""
+    from torch._inductor import config as inductor_config
+
+    results = []
+    cases = [(torch.float32, dict(reduce_bits=4, gather_bits=8), (48, 320)),
+             (torch.bfloat16, dict(reduce_bits=2, gather_bits=4, spike_reserve=True, group_size=32), (7, 33)),
+             (torch.float16, dict(reduce_bits=8, gather_bits=8, group_size=1024), (3, 2048))]
+    for dtype, config, shape in cases:
+        torch.manual_seed(100 + rank)
+        x = torch.randn(shape, dtype=dtype)
+
+        def f(t):
+            return funcol.all_reduce(t * 2, "sum", dist.group.WORLD) + 1
+
+        compiled, backend = _compile(f, mode="always", **config)
+        with inductor_config.patch(fx_graph_cache=False):
+            out = compiled(x)
+        inputs = _everyone(x * 2)
+        run, layout = simulate(reference, inputs, config["reduce_bits"], config["gather_bits"],
+                               config.get("group_size", 128), config.get("spike_reserve", False))
+        exact = torch.stack([t.double() for t in inputs]).sum(0) + 1
+        bound = pipeline_error_bound(run.sent, run.gathered, layout, config["gather_bits"], dtype, run.outputs[0])
+        # `+ 1` is one more rounding to dtype
+        bound = bound.reshape(exact.shape).double() + exact.abs() * torch.finfo(dtype).eps
+        results.append(dict(
+            counts=_counts(backend.records[0]),
+            equals_simulation=torch.equal(out, run.outputs[0] + 1),
+            within_bound=bool(torch.all((out.double() - exact).abs() <= bound)),
+            out=out,
+        ))
+    return results
+
+
+def test_single_all_reduce_rewritten_exactly_and_within_bound():
+    ranks = run_ranks(2, _single_site)
+    for case in range(3):
+        got, expected = ranks[0][case]["counts"]
+        assert got == expected
+        for rank in ranks:
+            assert rank[case]["within_bound"] and rank[case]["equals_simulation"]
+        assert torch.equal(ranks[0][case]["out"], ranks[1][case]["out"])
+
+
+def _untouched(rank, world):
+    """All-reduces the rule must leave exactly as they were, each with its reason."""
+    from torch._inductor import config as inductor_config
+
+    def f(x, i):
+        a = funcol.all_reduce(x, "max", dist.group.WORLD)
+        b = funcol.all_reduce(i, "sum", dist.group.WORLD)
+        c = funcol.all_reduce(x[:2], "sum", dist.group.WORLD)  # 2 KiB, below min_bytes
+        return a, b, c
+
+    x, i = torch.randn(64, 256), torch.arange(10) + rank
+    out = {}
+    for label, config in (("auto", dict(mode="auto", min_bytes=1 << 20)), ("never", dict(mode="never"))):
+        compiled, backend = _compile(f, **config)
+        with inductor_config.patch(fx_graph_cache=False):
+            got = compiled(x, i)
+        record = backend.records[0]
+        out[label] = dict(same_graph=record.before == record.after, reasons=[s.reason for s in record.sites],
+                          exact=all(torch.equal(g, e) for g, e in zip(got, f(x, i))))
+    return out
+
+
+def test_ineligible_all_reduces_stay_exactly_as_they_were():
+    result = run_ranks(2, _untouched)[0]
+    assert result["auto"]["same_graph"] and result["never"]["same_graph"]
+    assert result["auto"]["exact"] and result["never"]["exact"]
+    assert result["auto"]["reasons"] == ["reduce op max", "dtype int64", "below min_bytes (2048 < 1048576)"]
+    assert result["never"]["reasons"] == ["reduce op max", "dtype int64", "mode never"]
+
+
+def _group_spellings(rank, world):
+    """The group as a ProcessGroup, a DeviceMesh, a list of ranks: each all-reduce is rewritten."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch._inductor import config as inductor_config
+
+    mesh = init_device_mesh("cpu", (world,))
+    groups = {"process_group": dist.group.WORLD, "device_mesh": mesh, "rank_list": list(range(world))}
+    out = {}
+    for label, group in groups.items():
+        compiled, backend = _compile(lambda t, g=group: funcol.all_reduce(t, "sum", g), mode="always")
+        x = torch.randn(16, 128) + rank
+        with inductor_config.patch(fx_graph_cache=False):
+            y = compiled(x)
+        out[label] = dict(rewritten=[s.rewritten for s in backend.records[0].sites], out=y,
+                          error=(y - sum(_everyone(x))).abs().max().item())
+    return out
+
+
+def test_every_group_spelling_is_rewritten():
+    ranks = run_ranks(2, _group_spellings)
+    for label, r0 in ranks[0].items():
+        assert r0["rewritten"] == [True], label
+        assert torch.equal(r0["out"], ranks[1][label]["out"]), label
+        assert r0["error"] < 0.5, label
+
+
+def _dynamic(rank, world):
+    from torch._inductor import config as inductor_config
+
+    out = {}
+    for hidden in (256, 100):  # 100: W x group does not divide the size, the kernels pad
+        compiled, backend = _compile(lambda t: funcol.all_reduce(t.relu(), "sum", dist.group.WORLD),
+                                     dynamic=True, mode="always")
+        errors = []
+        with inductor_config.patch(fx_graph_cache=False):
+            for seq in (5, 17, 64):
+                x = torch.randn(seq, hidden)
+                errors.append((compiled(x) - sum(_everyone(x.relu()))).abs().max().item())
+        out[hidden] = dict(graphs=len(backend.records), errors=errors,
+                           rewritten=[s.rewritten for r in backend.records for s in r.sites],
+                           shapes=[str(s.site.shape) for r in backend.records for s in r.sites])
+    return out
+
+
+def test_dynamic_sequence_length_compiles_once():
+    result = run_ranks(2, _dynamic)[0]
+    for hidden, r in result.items():
+        assert r["graphs"] == 1, r
+        assert r["rewritten"] == [True]
+        assert "s" in r["shapes"][0]  # the size is symbolic
+        assert max(r["errors"]) < 0.5
+
+
+def _backward(rank, world):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+    from torch._inductor import config as inductor_config
+
+    out = {}
+    for backward in (False, True):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(256, 512, bias=False), torch.nn.Linear(512, 256, bias=False))
+        mesh = init_device_mesh("cpu", (world,))
+        parallelize_module(model, mesh, {"0": ColwiseParallel(), "1": RowwiseParallel()})
+        compiled, backend = _compile(model, mode="always", backward=backward)
+        x = torch.randn(32, 256, requires_grad=True)
+        with inductor_config.patch(fx_graph_cache=False):
+            compiled(x).sum().backward()
+        grad = x.grad.clone()
+        x.grad = None
+        model(x).sum().backward()
+        out[backward] = dict(records=len(backend.records),
+                             rewritten=[[s.rewritten for s in r.sites] for r in backend.records],
+                             grad_error=(grad - x.grad).abs().max().item())
+    return out
+
+
+def test_backward_graph_untouched_unless_enabled():
+    result = run_ranks(2, _backward)[0]
+    assert result[False]["records"] == 1 and result[False]["rewritten"] == [[True]]
+    assert result[False]["grad_error"] < 1e-4
+    assert result[True]["records"] == 2 and result[True]["rewritten"] == [[True], [True]]
+    assert result[True]["grad_error"] > 1e-4  # the backward all-reduce is quantized now
