@@ -9,7 +9,7 @@ import torch.distributed._functional_collectives as funcol
 
 from flashcomm_compile.kernels import reference
 from flashcomm_compile.kernels.bounds import pipeline_error_bound
-from tests.distributed import run_ranks
+from flashcomm_compile.launch import run_ranks
 from tests.kernels.simulate import simulate
 
 REWRITTEN_OPS = {

@@ -1,4 +1,8 @@
-"""Run a function on W local ranks (spawned processes, gloo on 127.0.0.1, a free port) and collect the results."""
+"""Run a function on W local ranks (spawned processes on 127.0.0.1, a free port) and collect the results.
+
+NCCL with one GPU per rank where there are enough GPUs, gloo on the CPU otherwise. Used by the demo, the tests and
+the benchmarks; benchmarks on many GPUs may use torchrun instead.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import pickle
 import socket
 import traceback
 
+import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
@@ -17,10 +22,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank, world_size, port, fn, args, queue):
+def default_backend(world_size: int) -> str:
+    return "nccl" if torch.cuda.is_available() and torch.cuda.device_count() >= world_size else "gloo"
+
+
+def _worker(rank, world_size, port, backend, fn, args, queue):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size))
     try:
-        dist.init_process_group("gloo", rank=rank, world_size=world_size)
+        if backend == "nccl":
+            torch.cuda.set_device(rank)
+        dist.init_process_group(backend, rank=rank, world_size=world_size)
         # pickled here: tensors sent through the queue would be shared memory that dies with this process
         queue.put((rank, True, pickle.dumps(fn(rank, world_size, *args))))
     except BaseException:  # noqa: BLE001 - reported to the parent, which fails the test with it
@@ -30,12 +41,14 @@ def _worker(rank, world_size, port, fn, args, queue):
             dist.destroy_process_group()
 
 
-def run_ranks(world_size: int, fn, *args, timeout: float = 300.0) -> list:
-    """fn(rank, world_size, *args) on every rank; returns the results in rank order or raises with a rank's error."""
+def run_ranks(world_size: int, fn, *args, backend: str = "gloo", timeout: float = 600.0) -> list:
+    """fn(rank, world_size, *args) on every rank; returns the results in rank order or raises with a rank's error.
+
+    fn must be importable by name (a module-level function); its result is pickled back to the caller."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_worker, args=(r, world_size, port, fn, args, queue)) for r in range(world_size)]
+    procs = [ctx.Process(target=_worker, args=(r, world_size, port, backend, fn, args, queue)) for r in range(world_size)]
     for p in procs:
         p.start()
     results = {}

@@ -1,0 +1,19 @@
+# Two commands on a fresh machine: `make demo` (the main job) and `make test`. Each creates and fills the venv first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# On a machine without GPUs pip takes the CPU build of torch lying on disk; a bare `torch` would pull a CUDA build.
+TORCH ?= torch==2.13.0
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+.PHONY: demo test
+demo: $(VENV)/.installed
+	$(PY) -m flashcomm_compile.demo
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q $(PYTEST_ARGS)

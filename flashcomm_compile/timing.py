@@ -1,0 +1,38 @@
+"""Timing that every rank does in lockstep: warm-up, then the median of many timed runs (CUDA events on GPUs)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+
+
+def median_ms(fn: Callable[[], object], device: torch.device, warmup: int = 3, iters: int = 10) -> float:
+    """Median wall time of fn() in ms, the maximum over ranks (a collective step is as slow as its slowest rank)."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(iters):
+        if dist.is_initialized():
+            dist.barrier()
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            samples.append((time.perf_counter() - t0) * 1e3)
+    median = torch.tensor([statistics.median(samples)], dtype=torch.float64)
+    if dist.is_initialized():
+        if device.type == "cuda":
+            median = median.to(device)
+        dist.all_reduce(median, op=dist.ReduceOp.MAX)
+    return median.item()

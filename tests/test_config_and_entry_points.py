@@ -1,0 +1,82 @@
+"""Config validation, the three ways in (backend by name, backend object, decorator) and the pass's cache key."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import flashcomm_compile
+from flashcomm_compile import FlashCommConfig
+from flashcomm_compile.passes.engine import FlashCommPass
+
+
+@pytest.mark.parametrize("field, value", [
+    ("reduce_bits", 3), ("gather_bits", 16), ("group_size", 100), ("mode", "sometimes"), ("min_bytes", -1),
+    ("spike_reserve", 1), ("backward", "yes"), ("reduce_bits", True),
+])
+def test_invalid_config_value_names_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        FlashCommConfig(**{field: value})
+    with pytest.raises(ValueError, match=field):
+        flashcomm_compile.backend(**{field: value})
+
+
+def test_unknown_option_is_named():
+    with pytest.raises(ValueError, match="reduce_bit"):
+        FlashCommConfig.from_options({"reduce_bit": 4})
+
+
+def test_defaults_follow_the_paper():
+    config = FlashCommConfig()
+    assert (config.reduce_bits, config.gather_bits, config.group_size, config.spike_reserve) == (4, 8, 128, False)
+    assert config.mode == "auto"
+
+
+def test_uuid_covers_the_config():
+    base = FlashCommPass(FlashCommConfig()).uuid()
+    assert FlashCommPass(FlashCommConfig()).uuid() == base
+    for change in (dict(reduce_bits=8), dict(gather_bits=4), dict(group_size=64), dict(spike_reserve=True),
+                   dict(mode="always"), dict(min_bytes=0), dict(backward=True)):
+        assert FlashCommPass(FlashCommConfig(**change)).uuid() != base, change
+
+
+def _fn(x):
+    return torch.sin(x) * 2
+
+
+def test_backend_by_name_with_options_compiles():
+    torch._dynamo.reset()
+    compiled = torch.compile(_fn, backend="flashcomm", options={"reduce_bits": 8, "mode": "always"})
+    x = torch.randn(8)
+    assert torch.allclose(compiled(x), _fn(x))
+
+
+def test_backend_by_name_rejects_bad_options_naming_them():
+    torch._dynamo.reset()
+    compiled = torch.compile(_fn, backend="flashcomm", options={"group_size": 7})
+    with pytest.raises(Exception, match="group_size"):
+        compiled(torch.randn(8))
+
+
+def test_decorator_routes_mode_by_vocabulary():
+    @flashcomm_compile.compile(reduce_bits=8, mode="always", dynamic=False)
+    def f(x):
+        return x + 1
+
+    assert f.flashcomm_backend.config.mode == "always" and f.flashcomm_backend.inductor_mode is None
+    assert torch.equal(f(torch.ones(3)), torch.full((3,), 2.0))
+
+    g = flashcomm_compile.compile(lambda x: x * 3, mode="max-autotune-no-cudagraphs")
+    assert g.flashcomm_backend.inductor_mode == "max-autotune-no-cudagraphs"
+    assert g.flashcomm_backend.config.mode == "auto"
+    with pytest.raises(ValueError, match="mode"):
+        flashcomm_compile.compile(lambda x: x, mode="fast")
+
+
+def test_decorator_on_a_module_forward():
+    class M(torch.nn.Module):
+        @flashcomm_compile.compile(gather_bits=4)
+        def forward(self, x):
+            return x * 2
+
+    assert torch.equal(M()(torch.ones(2)), torch.full((2,), 2.0))
