@@ -6,8 +6,9 @@ It is the CPU implementation of the custom ops and the oracle of the kernel test
     code = clamp(floor((x - zero) / scale + 0.5), 0, L),  value = code * scale + zero
 
 With spike reserving the group's first argmax and argmin keep their exact values and min/max are taken over the
-rest. A group holding any inf or NaN gets scale = zero = NaN, so every non-spike value of it dequantizes to NaN: a
-non-finite input never turns into a finite wrong output. A constant group gets scale 0 and reproduces exactly.
+rest. A group holding any inf or NaN gets scale = zero = NaN and no spikes (their index is G, out of range), so all
+of it dequantizes to NaN: a non-finite input never turns into a finite wrong output. A constant group gets scale 0
+and reproduces exactly.
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ def quantize_groups(x: torch.Tensor, bits: int, spike_reserve: bool) -> Quantize
     nonfinite = (~torch.isfinite(x)).any(1)
     hi = lo = hi_index = lo_index = None
     if spike_reserve:
-        hi_index, lo_index = x.argmax(1), x.argmin(1)
+        no_spike = torch.full_like(nonfinite, x.shape[1], dtype=torch.int64)
+        hi_index = torch.where(nonfinite, no_spike, x.argmax(1))
+        lo_index = torch.where(nonfinite, no_spike, x.argmin(1))
         column = torch.arange(x.shape[1], device=x.device)[None, :]
         is_spike = (column == hi_index[:, None]) | (column == lo_index[:, None])
         hi, lo = _pick(x, hi_index), _pick(x, lo_index)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from hypothesis import given, strategies as st
@@ -77,18 +75,12 @@ def test_constant_and_zero_groups_are_exact(dtype, spike):
 @pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")])
 @pytest.mark.parametrize("spike", [False, True])
 def test_non_finite_input_never_becomes_finite(bad, spike):
-    """A group holding inf or NaN comes back NaN (its spikes keep their exact values); other groups are untouched."""
+    """A group holding inf or NaN comes back all NaN, spikes included; the other groups are untouched."""
     x = torch.randn(4 * 64)
     x[70] = bad
     layout = PayloadLayout(x.numel(), 2, 4, 64, spike)
     _, values = _roundtrip(x, layout)
-    assert not math.isfinite(values[70].item())
-    group = values[64:128]
-    finite_kept = torch.isfinite(group)
-    if spike:
-        assert finite_kept.sum() <= 1  # at most the other spike of the group
-    else:
-        assert not finite_kept.any()
+    assert values[64:128].isnan().all()
     assert torch.isfinite(values[:64]).all() and torch.isfinite(values[128:]).all()
 
 
@@ -99,7 +91,7 @@ def test_non_finite_on_one_rank_is_non_finite_in_the_sum(world):
     inputs[0][777] = float("nan")
     run, _ = simulate(reference, inputs, 4, 8, 128, False)
     out = run.outputs[0]
-    assert not math.isfinite(out[123].item()) and not math.isfinite(out[777].item())
+    assert out[123].isnan() and out[777].isnan()
 
 
 @pytest.mark.parametrize("numel", [1, 127, 129, 1000])
