@@ -36,14 +36,18 @@ class FlashCommBackend:
         return self.graph_pass.records
 
     def __call__(self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any]):
-        patches = list_mode_options(self.inductor_mode) if self.inductor_mode else None
+        # The pass must be in the config from the start: AOTAutograd's cache keys on the config at this point, and
+        # would otherwise hand back a graph compiled earlier without the pass (in this process or from disk).
+        patches = {**(list_mode_options(self.inductor_mode) if self.inductor_mode else {}),
+                   "post_grad_custom_post_pass": self.graph_pass}
         return compile_fx(gm, example_inputs, inner_compile=self._inner_compile, config_patches=patches)
 
     def _inner_compile(self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any], **kwargs: Any):
-        # Chosen per graph, since a backward graph is compiled lazily, outside any patch around the first call.
-        wanted = self.config.backward or not kwargs.get("is_backward", False)
-        with inductor_config.patch(post_grad_custom_post_pass=self.graph_pass if wanted else None):
-            return compile_fx_inner(gm, example_inputs, **kwargs)
+        # Chosen per graph: compile_fx re-applies its patches to the lazily compiled backward graph too.
+        if kwargs.get("is_backward", False) and not self.config.backward:
+            with inductor_config.patch(post_grad_custom_post_pass=None):
+                return compile_fx_inner(gm, example_inputs, **kwargs)
+        return compile_fx_inner(gm, example_inputs, **kwargs)
 
     def __repr__(self) -> str:
         return f"FlashCommBackend({self.config.describe()}, inductor_mode={self.inductor_mode!r})"

@@ -1,17 +1,13 @@
 """Triton kernels of the two-step pipeline, specialised (constexpr) per bit width, group size, world size and spike
-reserving; the input dtype specialises through the pointer type. The arithmetic mirrors `reference.py` operation for
-operation; see it for the quantization rule and `layout.py` for the payload bytes.
+reserving; the input dtype specialises through the pointer type. Each program handles BLOCK_G whole groups as a
+[BLOCK_G, G] tile, so a group's min/max is a row reduction and codes are packed in registers straight into the one
+payload buffer. The arithmetic mirrors `reference.py` line for line; see it for the quantization rule.
 
-Each program handles BLOCK_G whole groups as a [BLOCK_G, NW, PW] tile: PW = 32 / bits codes fill one int32 word and
-NW words make a group. Loads are contiguous along the last two axes, a word is packed or unpacked inside one thread
-by a shift-and-sum over the last axis, and codes are stored as whole words (the little-endian bytes of a word are
-exactly the payload's byte layout). The payload is passed as uint8-free typed views (int32, float32, int16) of the
-same bytes, so no pointer casts are needed and the kernels also run under TRITON_INTERPRET=1.
+The payload is passed three times (as uint8, float32 and int16 views of the same bytes) so that the metadata can be
+stored with typed accesses without pointer casts, which also keeps the kernels runnable under TRITON_INTERPRET=1.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import triton
@@ -20,74 +16,69 @@ from torch.library import wrap_triton
 
 from .layout import PayloadLayout
 
-# (elements per program, warps) tried by the autotuner; the interpreter (CPU tests) takes the first only.
-# Every size is at least twice the largest group, so a program always holds whole groups.
-_TUNING = [(2048, 4), (4096, 4), (4096, 8), (8192, 8), (16384, 16)]
-
-
-def _configs():
-    chosen = _TUNING[:1] if os.environ.get("TRITON_INTERPRET") == "1" else _TUNING
-    return [triton.Config({"ELEMENTS": e}, num_warps=w) for e, w in chosen]
+ELEMENTS_PER_PROGRAM = 2048
 
 
 @triton.jit
-def _max3(x):
-    return tl.max(tl.max(x, axis=2), axis=1)
+def _pack(q, BITS: tl.constexpr, G: tl.constexpr, BLOCK_G: tl.constexpr):
+    if BITS == 8:
+        packed = q
+    else:
+        PER: tl.constexpr = 8 // BITS
+        shifts = (tl.arange(0, PER) * BITS)[None, None, :]
+        packed = tl.sum(tl.reshape(q, (BLOCK_G, G // PER, PER)) << shifts, axis=2)
+    return packed.to(tl.uint8)
 
 
 @triton.jit
-def _min3(x):
-    return tl.min(tl.min(x, axis=2), axis=1)
-
-
-@triton.jit
-def _column(G: tl.constexpr, PW: tl.constexpr):
-    """The index inside its group of every element of a [1, NW, PW] tile."""
-    return (tl.arange(0, G // PW)[:, None] * PW + tl.arange(0, PW)[None, :])[None, :, :]
+def _unpack(b, BITS: tl.constexpr, G: tl.constexpr, BLOCK_G: tl.constexpr):
+    if BITS == 8:
+        q = b
+    else:
+        PER: tl.constexpr = 8 // BITS
+        shifts = (tl.arange(0, PER) * BITS)[None, None, :]
+        q = tl.reshape((b[:, :, None] >> shifts) & ((1 << BITS) - 1), (BLOCK_G, G))
+    return q
 
 
 @triton.jit
 def _quantize_tile(x, BITS: tl.constexpr, G: tl.constexpr, SPIKE: tl.constexpr, BLOCK_G: tl.constexpr):
     LEVELS: tl.constexpr = (1 << BITS) - 1
-    PW: tl.constexpr = 32 // BITS
-    column = _column(G, PW)
-    nonfinite = _max3(((x != x) | (tl.abs(x) == float("inf"))).to(tl.int32)) > 0
+    column = tl.arange(0, G)[None, :]
+    nonfinite = tl.max(((x != x) | (tl.abs(x) == float("inf"))).to(tl.int32), axis=1) > 0
     if SPIKE:
-        hi_index = _min3(tl.where(x == _max3(x)[:, None, None], column, G))
-        lo_index = _min3(tl.where(x == _min3(x)[:, None, None], column, G))
-        hi_index = tl.where(nonfinite, G, hi_index)
-        lo_index = tl.where(nonfinite, G, lo_index)
-        is_hi = column == hi_index[:, None, None]
-        is_lo = column == lo_index[:, None, None]
-        hi = tl.sum(tl.sum(tl.where(is_hi, x, 0.0), axis=2), axis=1)
-        lo = tl.sum(tl.sum(tl.where(is_lo, x, 0.0), axis=2), axis=1)
-        mx = _max3(tl.where(is_hi | is_lo, float("-inf"), x))
-        mn = _min3(tl.where(is_hi | is_lo, float("inf"), x))
+        finite = tl.where(nonfinite[:, None], 0.0, x)  # a non-finite group keeps no spikes (index G)
+        hi_index = tl.where(nonfinite, G, tl.argmax(finite, axis=1))
+        lo_index = tl.where(nonfinite, G, tl.argmin(finite, axis=1))
+        is_hi = column == hi_index[:, None]
+        is_lo = column == lo_index[:, None]
+        hi = tl.sum(tl.where(is_hi, x, 0.0), axis=1)
+        lo = tl.sum(tl.where(is_lo, x, 0.0), axis=1)
+        mx = tl.max(tl.where(is_hi | is_lo, float("-inf"), x), axis=1)
+        mn = tl.min(tl.where(is_hi | is_lo, float("inf"), x), axis=1)
     else:
         hi_index = tl.zeros((BLOCK_G,), tl.int32)
         lo_index = hi_index
-        mx = _max3(x)
-        mn = _min3(x)
+        mx = tl.max(x, axis=1)
+        mn = tl.min(x, axis=1)
         hi = mx
         lo = mn
     scale = tl.where(nonfinite, float("nan"), mx / LEVELS - mn / LEVELS)
     zero = tl.where(nonfinite, float("nan"), mn)
     safe = tl.where(scale > 0, scale, 1.0)
-    v = tl.floor((x - zero[:, None, None]) / safe[:, None, None] + 0.5)
+    v = tl.floor((x - zero[:, None]) / safe[:, None] + 0.5)
     v = tl.where(v == v, v, 0.0)
     q = tl.minimum(tl.maximum(v, 0.0), LEVELS).to(tl.int32)
-    words = tl.sum(q << (tl.arange(0, PW) * BITS)[None, None, :], axis=2)
-    return words, scale, zero, hi, lo, hi_index, lo_index
+    return _pack(q, BITS, G, BLOCK_G), scale, zero, hi, lo, hi_index, lo_index
 
 
 @triton.jit
-def _store_groups(i32, f32, i16, base, group, groups_per_chunk, valid, words, scale, zero, hi, lo, hi_index,
+def _store_groups(u8, f32, i16, base, group, groups_per_chunk, valid, packed, scale, zero, hi, lo, hi_index,
                   lo_index, BITS: tl.constexpr, G: tl.constexpr, SPIKE: tl.constexpr):
-    """Store whole groups into a chunk starting at byte `base` (a multiple of 4)."""
-    NW: tl.constexpr = G * BITS // 32
-    codes = (base // 4 + group * NW)[:, None] + tl.arange(0, NW)[None, :]
-    tl.store(i32 + codes, words, mask=valid[:, None])
-    start = base + groups_per_chunk * NW * 4
+    NB: tl.constexpr = G * BITS // 8
+    codes = base[:, None] + group[:, None] * NB + tl.arange(0, NB)[None, :]
+    tl.store(u8 + codes, packed, mask=valid[:, None])
+    start = base + groups_per_chunk * NB
     meta = start // 4 + group
     tl.store(f32 + meta, scale, mask=valid)
     tl.store(f32 + meta + groups_per_chunk, zero, mask=valid)
@@ -100,116 +91,104 @@ def _store_groups(i32, f32, i16, base, group, groups_per_chunk, valid, words, sc
 
 
 @triton.jit
-def _load_groups(i32, f32, i16, base, group, groups_per_chunk, valid, BITS: tl.constexpr, G: tl.constexpr,
-                 SPIKE: tl.constexpr):
-    """Dequantize whole groups of a chunk starting at byte `base` into a float32 [BLOCK_G, NW, PW] tile."""
-    PW: tl.constexpr = 32 // BITS
-    NW: tl.constexpr = G // PW
-    codes = (base // 4 + group * NW)[:, None] + tl.arange(0, NW)[None, :]
-    words = tl.load(i32 + codes, mask=valid[:, None], other=0)
-    q = (words[:, :, None] >> (tl.arange(0, PW) * BITS)[None, None, :]) & ((1 << BITS) - 1)
-    start = base + groups_per_chunk * NW * 4
+def _load_groups(u8, f32, i16, base, group, groups_per_chunk, valid, BITS: tl.constexpr, G: tl.constexpr,
+                 SPIKE: tl.constexpr, BLOCK_G: tl.constexpr):
+    NB: tl.constexpr = G * BITS // 8
+    codes = base[:, None] + group[:, None] * NB + tl.arange(0, NB)[None, :]
+    q = _unpack(tl.load(u8 + codes, mask=valid[:, None], other=0).to(tl.int32), BITS, G, BLOCK_G)
+    start = base + groups_per_chunk * NB
     meta = start // 4 + group
     scale = tl.load(f32 + meta, mask=valid, other=0.0)
     zero = tl.load(f32 + meta + groups_per_chunk, mask=valid, other=0.0)
-    v = q.to(tl.float32) * scale[:, None, None] + zero[:, None, None]
+    v = q.to(tl.float32) * scale[:, None] + zero[:, None]
     if SPIKE:
-        column = _column(G, PW)
+        column = tl.arange(0, G)[None, :]
         hi = tl.load(f32 + meta + 2 * groups_per_chunk, mask=valid, other=0.0)
         lo = tl.load(f32 + meta + 3 * groups_per_chunk, mask=valid, other=0.0)
         index = start // 2 + 8 * groups_per_chunk + group
         hi_index = tl.load(i16 + index, mask=valid, other=0).to(tl.int32)
         lo_index = tl.load(i16 + index + groups_per_chunk, mask=valid, other=0).to(tl.int32)
-        v = tl.where(column == lo_index[:, None, None], lo[:, None, None], v)
-        v = tl.where(column == hi_index[:, None, None], hi[:, None, None], v)
+        v = tl.where(column == lo_index[:, None], lo[:, None], v)
+        v = tl.where(column == hi_index[:, None], hi[:, None], v)
     return v
 
 
 @triton.jit
-def _element_offsets(group, G: tl.constexpr, PW: tl.constexpr):
-    return group.to(tl.int64)[:, None, None] * G + _column(G, PW)
-
-
-@triton.autotune(configs=_configs(), key=["total_groups", "BITS", "G", "SPIKE"])
-@triton.jit
-def quantize_kernel(x, i32, f32, i16, numel, total_groups, groups_per_chunk, chunk_bytes, BITS: tl.constexpr,
-                    G: tl.constexpr, SPIKE: tl.constexpr, ELEMENTS: tl.constexpr):
-    BLOCK_G: tl.constexpr = ELEMENTS // G
+def quantize_kernel(x, u8, f32, i16, numel, total_groups, groups_per_chunk, chunk_bytes, BITS: tl.constexpr,
+                    G: tl.constexpr, SPIKE: tl.constexpr, BLOCK_G: tl.constexpr):
     group = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
     valid = group < total_groups
-    offsets = _element_offsets(group, G, 32 // BITS)
+    offsets = group.to(tl.int64)[:, None] * G + tl.arange(0, G)[None, :]
     values = tl.load(x + offsets, mask=offsets < numel, other=0.0).to(tl.float32)
-    words, scale, zero, hi, lo, hi_index, lo_index = _quantize_tile(values, BITS, G, SPIKE, BLOCK_G)
+    packed, scale, zero, hi, lo, hi_index, lo_index = _quantize_tile(values, BITS, G, SPIKE, BLOCK_G)
     base = (group // groups_per_chunk).to(tl.int64) * chunk_bytes
-    _store_groups(i32, f32, i16, base, group % groups_per_chunk, groups_per_chunk, valid, words, scale, zero, hi, lo,
+    _store_groups(u8, f32, i16, base, group % groups_per_chunk, groups_per_chunk, valid, packed, scale, zero, hi, lo,
                   hi_index, lo_index, BITS, G, SPIKE)
 
 
-@triton.autotune(configs=_configs(), key=["groups_per_chunk", "WORLD", "IN_BITS", "OUT_BITS", "G", "SPIKE"])
 @triton.jit
-def dequant_sum_requant_kernel(in_i32, in_f32, in_i16, out_i32, out_f32, out_i16, groups_per_chunk, in_chunk_bytes,
+def dequant_sum_requant_kernel(in_u8, in_f32, in_i16, out_u8, out_f32, out_i16, groups_per_chunk, in_chunk_bytes,
                                WORLD: tl.constexpr, IN_BITS: tl.constexpr, OUT_BITS: tl.constexpr, G: tl.constexpr,
-                               SPIKE: tl.constexpr, ELEMENTS: tl.constexpr):
-    BLOCK_G: tl.constexpr = ELEMENTS // G
+                               SPIKE: tl.constexpr, BLOCK_G: tl.constexpr):
     group = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
     valid = group < groups_per_chunk
     base = tl.zeros((BLOCK_G,), tl.int64)
-    total = _load_groups(in_i32, in_f32, in_i16, base, group, groups_per_chunk, valid, IN_BITS, G, SPIKE)
-    for source in tl.static_range(1, WORLD):
-        total += _load_groups(in_i32, in_f32, in_i16, base + source * in_chunk_bytes, group, groups_per_chunk,
-                              valid, IN_BITS, G, SPIKE)
-    if IN_BITS != OUT_BITS:  # the tile's word shape follows the bit width
-        total = tl.reshape(total, (BLOCK_G, G // (32 // OUT_BITS), 32 // OUT_BITS))
-    words, scale, zero, hi, lo, hi_index, lo_index = _quantize_tile(total, OUT_BITS, G, SPIKE, BLOCK_G)
-    _store_groups(out_i32, out_f32, out_i16, base, group, groups_per_chunk, valid, words, scale, zero, hi, lo,
+    total = tl.zeros((BLOCK_G, G), tl.float32)
+    for source in tl.static_range(WORLD):
+        total += _load_groups(in_u8, in_f32, in_i16, base + source * in_chunk_bytes, group, groups_per_chunk, valid,
+                              IN_BITS, G, SPIKE, BLOCK_G)
+    packed, scale, zero, hi, lo, hi_index, lo_index = _quantize_tile(total, OUT_BITS, G, SPIKE, BLOCK_G)
+    _store_groups(out_u8, out_f32, out_i16, base, group, groups_per_chunk, valid, packed, scale, zero, hi, lo,
                   hi_index, lo_index, OUT_BITS, G, SPIKE)
 
 
-@triton.autotune(configs=_configs(), key=["total_groups", "BITS", "G", "SPIKE"])
 @triton.jit
-def dequantize_kernel(i32, f32, i16, out, numel, total_groups, groups_per_chunk, chunk_bytes, BITS: tl.constexpr,
-                      G: tl.constexpr, SPIKE: tl.constexpr, ELEMENTS: tl.constexpr):
-    BLOCK_G: tl.constexpr = ELEMENTS // G
+def dequantize_kernel(u8, f32, i16, out, numel, total_groups, groups_per_chunk, chunk_bytes, BITS: tl.constexpr,
+                      G: tl.constexpr, SPIKE: tl.constexpr, BLOCK_G: tl.constexpr):
     group = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
     valid = group < total_groups
     base = (group // groups_per_chunk).to(tl.int64) * chunk_bytes
-    values = _load_groups(i32, f32, i16, base, group % groups_per_chunk, groups_per_chunk, valid, BITS, G, SPIKE)
-    offsets = _element_offsets(group, G, 32 // BITS)
+    values = _load_groups(u8, f32, i16, base, group % groups_per_chunk, groups_per_chunk, valid, BITS, G, SPIKE,
+                          BLOCK_G)
+    offsets = group.to(tl.int64)[:, None] * G + tl.arange(0, G)[None, :]
     tl.store(out + offsets, values.to(out.dtype.element_ty), mask=offsets < numel)
 
 
-def _grid(groups: int):
-    return lambda meta: (triton.cdiv(groups, meta["ELEMENTS"] // meta["G"]),)
+def _block_groups(group_size: int) -> int:
+    return max(1, ELEMENTS_PER_PROGRAM // group_size)
 
 
 def _views(payload: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     flat = payload.reshape(-1)
-    return flat.view(torch.int32), flat.view(torch.float32), flat.view(torch.int16)
+    return flat, flat.view(torch.float32), flat.view(torch.int16)
 
 
 def quantize(x: torch.Tensor, layout: PayloadLayout) -> torch.Tensor:
     out = torch.empty((layout.world_size, layout.chunk_bytes), dtype=torch.uint8, device=x.device)
     total_groups = layout.world_size * layout.groups_per_chunk
-    wrap_triton(quantize_kernel)[_grid(total_groups)](
+    block = _block_groups(layout.group_size)
+    wrap_triton(quantize_kernel)[(triton.cdiv(total_groups, block),)](
         x.contiguous(), *_views(out), x.numel(), total_groups, layout.groups_per_chunk, layout.chunk_bytes,
-        BITS=layout.bits, G=layout.group_size, SPIKE=layout.spike_reserve)
+        BITS=layout.bits, G=layout.group_size, SPIKE=layout.spike_reserve, BLOCK_G=block)
     return out
 
 
 def dequant_sum_requant(received: torch.Tensor, layout: PayloadLayout, out_bits: int) -> torch.Tensor:
     out_layout = layout.with_bits(out_bits)
     out = torch.empty((1, out_layout.chunk_bytes), dtype=torch.uint8, device=received.device)
-    wrap_triton(dequant_sum_requant_kernel)[_grid(layout.groups_per_chunk)](
+    block = _block_groups(layout.group_size)
+    wrap_triton(dequant_sum_requant_kernel)[(triton.cdiv(layout.groups_per_chunk, block),)](
         *_views(received.contiguous()), *_views(out), layout.groups_per_chunk, layout.chunk_bytes,
         WORLD=received.shape[0], IN_BITS=layout.bits, OUT_BITS=out_bits, G=layout.group_size,
-        SPIKE=layout.spike_reserve)
+        SPIKE=layout.spike_reserve, BLOCK_G=block)
     return out
 
 
 def dequantize(gathered: torch.Tensor, layout: PayloadLayout, dtype: torch.dtype, shape) -> torch.Tensor:
     out = torch.empty(shape, dtype=dtype, device=gathered.device)
     total_groups = layout.world_size * layout.groups_per_chunk
-    wrap_triton(dequantize_kernel)[_grid(total_groups)](
+    block = _block_groups(layout.group_size)
+    wrap_triton(dequantize_kernel)[(triton.cdiv(total_groups, block),)](
         *_views(gathered.contiguous()), out, layout.numel, total_groups, layout.groups_per_chunk,
-        layout.chunk_bytes, BITS=layout.bits, G=layout.group_size, SPIKE=layout.spike_reserve)
+        layout.chunk_bytes, BITS=layout.bits, G=layout.group_size, SPIKE=layout.spike_reserve, BLOCK_G=block)
     return out

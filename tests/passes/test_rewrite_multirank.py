@@ -197,3 +197,19 @@ def test_backward_graph_untouched_unless_enabled():
     assert result[False]["grad_error"] < 1e-4
     assert result[True]["records"] == 2 and result[True]["rewritten"] == [[True], [True]]
     assert result[True]["grad_error"] > 1e-4  # the backward all-reduce is quantized now
+
+
+def _after_a_plain_compile(rank, world):
+    """Inductor's caches stay on: a graph compiled earlier without the pass must not be handed back."""
+
+    def f(t):
+        return funcol.all_reduce(t, "sum", dist.group.WORLD)
+
+    x = torch.randn(64, 256) + rank
+    exact = torch.compile(f, dynamic=True)(x)
+    flash, _ = _compile(f, dynamic=True, mode="always", reduce_bits=4)
+    return (flash(x) - exact).abs().max().item()
+
+
+def test_flashcomm_compile_is_not_served_from_a_plain_compile_cache():
+    assert min(run_ranks(2, _after_a_plain_compile)) > 1e-3
