@@ -15,5 +15,5 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 _common = dict(deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("dev", max_examples=15, **_common)
 settings.register_profile("ci", max_examples=25, **_common)
-settings.register_profile("gpu", max_examples=60, **_common)
+settings.register_profile("gpu", max_examples=30, **_common)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))

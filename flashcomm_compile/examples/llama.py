@@ -99,7 +99,10 @@ ROWWISE = ("attention.wo", "feed_forward.w2")
 
 
 def shard_with_funcol(model: Llama, rank: int, world_size: int, group) -> Llama:
-    """Keep this rank's slice of each weight and all-reduce row-parallel outputs with funcol in forward hooks."""
+    """Keep this rank's slice of each weight and all-reduce row-parallel outputs with funcol in forward hooks.
+
+    The hook handles are kept in `model.all_reduce_hooks`: removing them leaves the same computation without
+    communication, which benchmarks use to measure the share of time spent communicating."""
     import torch.distributed._functional_collectives as funcol
 
     for layer in model.layers:
@@ -108,9 +111,10 @@ def shard_with_funcol(model: Llama, rank: int, world_size: int, group) -> Llama:
             dim = 0 if name in COLWISE else 1
             shard = linear.weight.detach().chunk(world_size, dim=dim)[rank].contiguous()
             linear.weight = nn.Parameter(shard, requires_grad=linear.weight.requires_grad)
-        for name in ROWWISE:
-            layer.get_submodule(name).register_forward_hook(
-                lambda _module, _inputs, output: funcol.all_reduce(output, "sum", group))
+    model.all_reduce_hooks = [
+        layer.get_submodule(name).register_forward_hook(
+            lambda _module, _inputs, output: funcol.all_reduce(output, "sum", group))
+        for layer in model.layers for name in ROWWISE]
     return model
 
 

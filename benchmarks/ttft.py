@@ -1,0 +1,78 @@
+"""Prefill latency (time to first token) of Llama-shaped TP models with random weights: Inductor against the
+flashcomm backend, and the same model with its all-reduces removed, which measures the share of time spent
+communicating and the Amdahl bound on any speed-up from faster communication.
+
+    PYTHONPATH=. python -m benchmarks.ttft [--world-size 2] [--link default|p2p-disabled]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+import torch.distributed as dist
+
+from benchmarks.common import environment, print_table, write_json
+from flashcomm_compile.examples.llama import LlamaShape, build, shard_with_funcol
+from flashcomm_compile.launch import run_ranks
+from flashcomm_compile.timing import median_ms
+
+MODELS = {
+    "llama3-8b, 8 of 32 layers": LlamaShape(dim=4096, n_heads=32, ffn_dim=14336, n_layers=8),
+    "llama3-70b, 4 of 80 layers": LlamaShape(dim=8192, n_heads=64, ffn_dim=28672, n_layers=4),
+}
+BATCH_X_PROMPT = [(1, 512), (4, 1024), (8, 1024), (16, 2048)]
+FLASHCOMM = dict(reduce_bits=4, gather_bits=8, mode="always")
+
+
+def _rank_main(rank: int, world: int) -> list[dict]:
+    import flashcomm_compile
+
+    device = torch.device("cuda", rank)
+    rows = []
+    for name, shape in MODELS.items():
+        model = shard_with_funcol(build(shape, dtype=torch.bfloat16, device=device), rank, world, dist.group.WORLD)
+        exact = torch.compile(model, dynamic=True)
+        flash = torch.compile(model, backend=flashcomm_compile.backend(**FLASHCOMM), dynamic=True)
+        inputs = [torch.randn(b, s, shape.dim, device=device, dtype=torch.bfloat16) for b, s in BATCH_X_PROMPT]
+        times = {}
+        with torch.no_grad():
+            for label, fn in (("inductor", exact), ("flashcomm", flash)):
+                for (b, s), x in zip(BATCH_X_PROMPT, inputs):
+                    times[label, b, s] = median_ms(lambda: fn(x), device, warmup=2, iters=7)
+                    if rank == 0:
+                        print(f"  {name} {b}x{s} {label}: {times[label, b, s]:.2f} ms", flush=True)
+            for hook in model.all_reduce_hooks:
+                hook.remove()
+            silent = torch.compile(model, dynamic=True)
+            for (b, s), x in zip(BATCH_X_PROMPT, inputs):
+                times["no-comm", b, s] = median_ms(lambda: silent(x), device, warmup=2, iters=7)
+        for b, s in BATCH_X_PROMPT:
+            base, comp = times["inductor", b, s], times["no-comm", b, s]
+            rows.append({"model": name, "batch x prompt": f"{b}x{s}", "inductor ms": base,
+                         "flashcomm ms": times["flashcomm", b, s], "no-comm ms": comp,
+                         "speed-up": base / times["flashcomm", b, s], "comm share": 1 - comp / base,
+                         "amdahl bound": base / comp})
+        del model, exact, flash, silent
+        torch.cuda.empty_cache()
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--world-size", type=int, default=2)
+    parser.add_argument("--link", default="default", choices=["default", "p2p-disabled"])
+    args = parser.parse_args()
+    os.environ["NCCL_P2P_DISABLE"] = "1" if args.link == "p2p-disabled" else "0"
+    rows = run_ranks(args.world_size, _rank_main, backend="nccl")[0]
+    env = environment()
+    print(f"\nprefill latency, {env['card']} x{args.world_size}, link {args.link}, flashcomm INT4/INT8 g128, "
+          f"torch {env['torch']}, NCCL {env['nccl']}, {env['date']}")
+    print_table(rows, list(rows[0]))
+    card = env["card"].replace(" ", "_")
+    write_json(f"ttft_{args.link}_{card}_w{args.world_size}.json", dict(environment=env, flashcomm=FLASHCOMM, rows=rows))
+
+
+if __name__ == "__main__":
+    main()
