@@ -103,7 +103,8 @@ def main() -> None:
               f"NCCL {env['nccl']}, {env['date']}")
         print_table(rows, columns)
         card = env["card"].replace(" ", "_")
-        write_json(f"allreduce_{link}_{card}_w{args.world_size}.json", dict(environment=env, rows=rows))
+        write_json(f"allreduce_{link}_{card}_w{args.world_size}.json",
+                   dict(environment=env, world_size=args.world_size, rows=rows))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@
     @flashcomm_compile.compile(reduce_bits=4, mode="reduce-overhead")
 """
 
-from . import kernels  # noqa: F401  (registers torch.ops.flashcomm)
+from . import cost_model, kernels  # noqa: F401  (kernels registers torch.ops.flashcomm)
 from .collective import two_step_all_reduce
 from .config import FlashCommConfig
 from .decorator import compile

@@ -11,6 +11,7 @@ from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_file
 from torch._inductor.pattern_matcher import is_match
 
 from ..config import FlashCommConfig
+from .guards import Decision
 from .rules import ALL_REDUCE, RULES, Rule
 from .site import Site, world_size_of
 
@@ -21,6 +22,7 @@ class SiteReport:
     rule: str | None
     rewritten: bool
     reason: str
+    decision: Decision | None = None
 
 
 @dataclass
@@ -53,8 +55,8 @@ def _apply_first_matching(all_reduce: torch.fx.Node, config: FlashCommConfig, ru
                 continue
             decision = rule.guard(site, config)
             if decision.rewrite:
-                match.replace_by_example(rule.replacement(site, config), [match.kwargs["inp"]])
-            return SiteReport(site, rule.name, decision.rewrite, decision.reason)
+                match.replace_by_example(rule.replacement(site, config, decision), [match.kwargs["inp"]])
+            return SiteReport(site, rule.name, decision.rewrite, decision.reason, decision)
     return SiteReport(site, None, False, "no rule matches (the all_reduce is not consumed by exactly one wait)")
 
 

@@ -6,8 +6,10 @@ divergent decision would pair an all-to-all on one rank with an all-reduce on an
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+from .. import cost_model
 from ..config import FlashCommConfig
 from ..kernels.layout import MAX_WORLD_SIZE, SUPPORTED_DTYPES
 from .site import Site
@@ -17,14 +19,17 @@ from .site import Site
 class Decision:
     rewrite: bool
     reason: str
+    # set when the size is symbolic and not provably on one side: flashcomm from this many bytes, at run time
+    runtime_threshold: int | None = None
+    prediction: cost_model.Prediction | None = None
 
 
-def keep(reason: str) -> Decision:
-    return Decision(False, reason)
+def keep(reason: str, prediction=None) -> Decision:
+    return Decision(False, reason, prediction=prediction)
 
 
-def rewrite(reason: str) -> Decision:
-    return Decision(True, reason)
+def rewrite(reason: str, prediction=None) -> Decision:
+    return Decision(True, reason, prediction=prediction)
 
 
 def eligibility(site: Site) -> Decision | None:
@@ -52,8 +57,18 @@ def quantized_all_reduce(site: Site, config: FlashCommConfig) -> Decision:
         return keep("mode never")
     if config.mode == "always":
         return rewrite("mode always")
-    if site.proves(site.nbytes >= config.min_bytes):
-        return rewrite(f"{site.nbytes} bytes >= min_bytes {config.min_bytes}")
-    if site.proves(site.nbytes < config.min_bytes):
-        return keep(f"below min_bytes ({site.nbytes} < {config.min_bytes})")
-    return keep(f"{site.nbytes} bytes not provably >= min_bytes {config.min_bytes}")
+    prediction = cost_model.predict(site.value.device, site.world_size, config)
+    if prediction is None:
+        return _by_threshold(site, config.min_bytes, "min_bytes", None)
+    if math.isinf(prediction.threshold_bytes):
+        return keep(f"predicted slower than NCCL at every size on {prediction.hardware}", prediction)
+    return _by_threshold(site, math.ceil(prediction.threshold_bytes), "the cost model's threshold", prediction)
+
+
+def _by_threshold(site: Site, threshold: int, name: str, prediction) -> Decision:
+    """Rewrite from `threshold` bytes: at compile time where the size decides it, else at run time."""
+    if site.proves(site.nbytes >= threshold):
+        return rewrite(f"{site.nbytes} bytes >= {name} {threshold}", prediction)
+    if site.proves(site.nbytes < threshold):
+        return keep(f"below {name} ({site.nbytes} < {threshold})", prediction)
+    return Decision(True, f"decided at run time: flashcomm from {threshold} bytes ({name})", threshold, prediction)

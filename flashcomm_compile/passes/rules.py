@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 from torch._inductor.pattern_matcher import CallFunction, KeywordArg, PatternExpr
 
-from ..collective import two_step_all_reduce
+from ..collective import all_reduce_by_size, two_step_all_reduce
 from ..config import FlashCommConfig
 from . import guards
 from .site import Site
@@ -25,7 +25,14 @@ class Rule:
     name: str
     pattern: PatternExpr  # rooted at the node whose value the replacement takes over
     guard: Callable[[Site, FlashCommConfig], guards.Decision]
-    replacement: Callable[[Site, FlashCommConfig], Replacement]  # builds fn(input) -> output
+    replacement: Callable[[Site, FlashCommConfig, guards.Decision], Replacement]  # builds fn(input) -> output
+
+
+def quantized_all_reduce(site: Site, config: FlashCommConfig, decision: guards.Decision) -> Replacement:
+    """The two-step pipeline in place of the all-reduce, or one op choosing between them by the size at run time."""
+    if decision.runtime_threshold is None:
+        return lambda inp: two_step_all_reduce(inp, site.group_name, site.world_size, config)
+    return lambda inp: all_reduce_by_size(inp, site.group_name, site.world_size, decision.runtime_threshold, config)
 
 
 QUANTIZED_ALL_REDUCE = Rule(
@@ -35,7 +42,7 @@ QUANTIZED_ALL_REDUCE = Rule(
         CallFunction(ALL_REDUCE, KeywordArg("inp"), KeywordArg("reduce_op"), KeywordArg("group_name")),
     ),
     guard=guards.quantized_all_reduce,
-    replacement=lambda site, config: lambda inp: two_step_all_reduce(inp, site.group_name, site.world_size, config),
+    replacement=quantized_all_reduce,
 )
 
 RULES: tuple[Rule, ...] = (QUANTIZED_ALL_REDUCE,)

@@ -213,3 +213,28 @@ def _after_a_plain_compile(rank, world):
 
 def test_flashcomm_compile_is_not_served_from_a_plain_compile_cache():
     assert min(run_ranks(2, _after_a_plain_compile)) > 1e-3
+
+
+def _size_decided_at_run_time(rank, world):
+    """"auto" on a symbolic size: one graph, NCCL's all-reduce below the threshold, the pipeline from it."""
+    from torch._inductor import config as inductor_config
+
+    f = lambda t: funcol.all_reduce(t, "sum", dist.group.WORLD)  # noqa: E731
+    compiled, backend = _compile(f, dynamic=True, mode="auto", min_bytes=16 * 256 * 4)
+    errors = {}
+    with inductor_config.patch(fx_graph_cache=False):
+        for seq in (5, 17, 64):
+            x = torch.randn(seq, 256) + rank
+            errors[seq] = (compiled(x) - sum(_everyone(x))).abs().max().item()
+    record = backend.records[0]
+    return dict(graphs=len(backend.records), errors=errors, reasons=[s.reason for s in record.sites],
+                ops=dict(record.op_counts))
+
+
+def test_auto_decides_symbolic_sizes_at_run_time():
+    result = run_ranks(2, _size_decided_at_run_time)[0]
+    assert result["graphs"] == 1
+    assert result["reasons"] == ["decided at run time: flashcomm from 16384 bytes (min_bytes)"]
+    assert result["ops"].get("flashcomm.all_reduce_by_size.default") == 1
+    assert result["errors"][5] == 0.0  # 5 x 256 x 4 bytes: NCCL's exact sum
+    assert result["errors"][17] > 0 and result["errors"][64] > 0  # quantized

@@ -1,0 +1,62 @@
+"""Fit the cost model's lines (latency + size / bandwidth per path) to all-reduce benchmark results and write them
+into the package's cost table, keyed by card, link mode and world size.
+
+    python -m benchmarks.fit_cost_model benchmarks/results/allreduce_*.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from flashcomm_compile.cost_model import TABLE_PATH, Line, Prediction
+
+# benchmark column -> (reduce_bits, gather_bits, spike, group size) as the cost model names variants
+VARIANTS = {
+    "INT8/INT8": "INT8/INT8 g128",
+    "INT4/INT8": "INT4/INT8 g128",
+    "INT4/INT4": "INT4/INT4 g128",
+    "INT2+spike/INT4": "INT2+spike/INT4 g32",
+}
+
+
+def fit_line(points: list[tuple[float, float]]) -> dict:
+    """Least squares of us against MB; the latency is kept at least the smallest time measured at the small end."""
+    n = len(points)
+    mean_x = sum(x for x, _ in points) / n
+    mean_y = sum(y for _, y in points) / n
+    sxx = sum((x - mean_x) ** 2 for x, _ in points)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / sxx
+    latency = max(mean_y - slope * mean_x, min(y for _, y in points) / 2)
+    return dict(latency_us=round(latency, 2), us_per_mb=round(slope, 4))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("files", nargs="+")
+    args = parser.parse_args()
+    table = json.loads(TABLE_PATH.read_text()) if TABLE_PATH.exists() else {}
+    for path in args.files:
+        run = json.load(open(path))
+        env, rows = run["environment"], run["rows"]
+        key = f"{env['card']}|{env['link']}|w{run.get('world_size', env['gpus'])}"
+        entry = {"nccl": fit_line([(r["MB"], r["nccl us"]) for r in rows]), "measured": env["date"]}
+        for column, name in VARIANTS.items():
+            entry[name] = fit_line([(r["MB"], r[f"{column} us"]) for r in rows])
+        table[key] = entry
+        nccl = Line(**entry["nccl"])
+        for column, name in VARIANTS.items():
+            threshold = Prediction(key, nccl, Line(**entry[name])).threshold_bytes
+            print(f"{key} {name}: auto rewrites from {threshold / 1e6:.3g} MB; measured auto / NCCL at worst "
+                  f"{auto_worst_ratio(rows, column, threshold):.3f}")
+    TABLE_PATH.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+
+
+def auto_worst_ratio(rows: list[dict], column: str, threshold_bytes: float) -> float:
+    """Measured time of what "auto" would run over NCCL's, worst over the benchmarked sizes (1.0 where it keeps
+    NCCL)."""
+    return max(r[f"{column} us"] / r["nccl us"] if r["MB"] * 1e6 >= threshold_bytes else 1.0 for r in rows)
+
+
+if __name__ == "__main__":
+    main()

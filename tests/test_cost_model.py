@@ -1,0 +1,41 @@
+"""The cost model's arithmetic and its lookup by hardware."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from flashcomm_compile import FlashCommConfig, cost_model
+from flashcomm_compile.cost_model import Line, Prediction
+
+
+def test_threshold_is_where_flashcomm_is_predicted_safely_faster():
+    p = Prediction("x", nccl=Line(100.0, 10.0), flashcomm=Line(200.0, 5.0))
+    t = p.threshold_bytes
+    assert p.flashcomm.predict_us(t) == pytest.approx(cost_model.SAFETY * p.nccl.predict_us(t))
+    assert p.flashcomm.predict_us(t * 1.01) < cost_model.SAFETY * p.nccl.predict_us(t * 1.01)
+    assert p.flashcomm.predict_us(t * 0.99) > cost_model.SAFETY * p.nccl.predict_us(t * 0.99)
+
+
+def test_never_faster_when_its_bandwidth_is_not_better():
+    assert math.isinf(Prediction("x", Line(100.0, 5.0), Line(50.0, 5.0)).threshold_bytes)
+
+
+def test_lookup_by_card_link_world_and_variant(monkeypatch):
+    table = {"cpu|default|w2": {"nccl": dict(latency_us=10.0, us_per_mb=2.0),
+                                "INT4/INT8 g128": dict(latency_us=20.0, us_per_mb=1.0)}}
+    monkeypatch.setattr(cost_model, "_table", lambda: table)
+    monkeypatch.delenv("NCCL_P2P_DISABLE", raising=False)
+    p = cost_model.predict(torch.device("cpu"), 2, FlashCommConfig())
+    assert p is not None and p.flashcomm == Line(20.0, 1.0)
+    assert cost_model.predict(torch.device("cpu"), 4, FlashCommConfig()) is None
+    assert cost_model.predict(torch.device("cpu"), 2, FlashCommConfig(reduce_bits=8)) is None
+    monkeypatch.setenv("NCCL_P2P_DISABLE", "1")
+    assert cost_model.predict(torch.device("cpu"), 2, FlashCommConfig()) is None
+
+
+def test_shipped_table_has_measured_entries():
+    table = cost_model._table()
+    assert "NVIDIA H200|default|w2" in table and "NVIDIA H200|p2p-disabled|w2" in table
