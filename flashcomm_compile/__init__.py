@@ -3,6 +3,7 @@
     torch.compile(model, backend="flashcomm", options={"reduce_bits": 4})
     torch.compile(model, backend=flashcomm_compile.backend(reduce_bits=4))
     @flashcomm_compile.compile(reduce_bits=4, mode="reduce-overhead")
+    flashcomm_compile.inspect(model, x, world_size=2)   # what the pass would do, without GPUs or peers
 """
 
 from . import cost_model, kernels  # noqa: F401  (kernels registers torch.ops.flashcomm)
@@ -10,7 +11,8 @@ from .collective import two_step_all_reduce
 from .config import FlashCommConfig
 from .decorator import compile
 from .dynamo_backend import FlashCommBackend, backend, register_by_name
+from .inspection import inspect
 
 register_by_name()
 
-__all__ = ["FlashCommBackend", "FlashCommConfig", "backend", "compile", "two_step_all_reduce"]
+__all__ = ["FlashCommBackend", "FlashCommConfig", "backend", "compile", "inspect", "two_step_all_reduce"]

@@ -9,6 +9,8 @@ depends only on the message size, the config and the hardware, which every rank 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import json
 import math
@@ -57,9 +59,29 @@ def link_mode() -> str:
     return "p2p-disabled" if os.environ.get("NCCL_P2P_DISABLE") == "1" else "default"
 
 
+_assumed: contextvars.ContextVar[str | None] = contextvars.ContextVar("flashcomm_assumed_hardware", default=None)
+
+
+@contextlib.contextmanager
+def assume_hardware(card_and_link: str | None):
+    """Predict for another machine ("NVIDIA H200|default"), as `inspect` does on a laptop for the target GPUs."""
+    token = _assumed.set(card_and_link)
+    try:
+        yield
+    finally:
+        _assumed.reset(token)
+
+
 def hardware_key(device: torch.device, world_size: int) -> str:
+    assumed = _assumed.get()
+    if assumed is not None:
+        return f"{assumed}|w{world_size}"
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     return f"{card}|{link_mode()}|w{world_size}"
+
+
+def known_hardware() -> list[str]:
+    return sorted(_table())
 
 
 @functools.cache

@@ -47,13 +47,6 @@ class Site:
         """True only if `condition` holds for every size the graph admits; installs no guard."""
         return statically_known_true(condition)
 
-    @property
-    def source(self) -> str:
-        """The user's line that issued the collective, from the node's stack trace ('' when unknown)."""
-        trace = self.node.meta.get("stack_trace") or ""
-        frames = [line.strip() for line in trace.splitlines() if line.strip().startswith("File ")]
-        return frames[-1] if frames else ""
-
 
 def world_size_of(group_name: str) -> int | None:
     try:

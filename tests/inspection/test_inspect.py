@@ -1,0 +1,126 @@
+"""The inspection report (API and CLI) on a TP model mixing eligible and ineligible all-reduces, on a fake group."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import flashcomm_compile
+from flashcomm_compile.inspection import inspect_factory
+from tests.inspection import factories
+
+ROOT = Path(__file__).resolve().parents[2]
+EXPECTED = [("rewritten", "65536 bytes >= min_bytes 4096")] * 4 + [
+    ("kept", "reduce op max"), ("kept", "dtype int64"), ("kept", "below min_bytes (32 < 4096)")]
+
+
+@pytest.fixture(scope="module")
+def report():
+    return inspect_factory(factories.mixed, world_size=2, min_bytes=4096)
+
+
+def test_sites_decisions_and_reasons(report):
+    assert [(s.decision, s.reason) for s in report.sites] == EXPECTED
+    assert [s.module for s in report.sites[:2]] == ["llama.layers.0.attention.wo", "llama.layers.0.feed_forward.w2"]
+    assert "llama.py" in report.sites[0].source and "factories.py" in report.sites[4].source
+    assert report.sites[0].shape == ["1", "64", "256"] and report.sites[0].dtype == "float32"
+    # INT4 + INT8 payloads of 16384 fp32 values in 128 groups of 8 metadata bytes: (8192 + 1024) + (16384 + 1024)
+    # bytes, against 2 x 65536 on a ring
+    assert report.sites[0].reduce_payload_bytes == "9216" and report.sites[0].gather_payload_bytes == "17408"
+    assert report.sites[0].compression == round(2 * 65536 / (9216 + 17408), 3)
+    assert report.sites[4].compression is None  # not eligible: nothing to compress
+    totals = report.totals()
+    assert (totals["sites"], totals["rewritten"], totals["kept"]) == (7, 4, 3)
+    assert totals["wire_bytes_flashcomm"] == 4 * (9216 + 17408) + 2 * (65536 + 8 + 32)
+
+
+def test_text_diff_shows_the_new_collectives(report):
+    diff = report.diff().splitlines()
+
+    def calls(sign: str, op: str) -> int:
+        return sum(1 for line in diff if line.startswith(sign) and f"= torch.ops.{op}.default(" in line)
+
+    for op in ("flashcomm.quantize", "_c10d_functional.all_to_all_single", "flashcomm.dequant_sum_requant",
+               "_c10d_functional.all_gather_into_tensor", "flashcomm.dequantize"):
+        assert calls("+", op) == 4, op
+    assert calls("-", "_c10d_functional.all_reduce") == 4
+    assert report.diff() in report.to_text()
+    assert len(report.diff(full=True).splitlines()) > len(diff)
+    assert "\033[32m+" in report.diff(color=True)
+
+
+def test_json_schema(report):
+    data = json.loads(report.to_json())
+    assert data["version"] == 1 and data["world_size"] == 2 and data["config"]["min_bytes"] == 4096
+    site_keys = {"graph", "node", "module", "source", "shape", "dtype", "bytes", "group", "decision", "reason",
+                 "reduce_payload_bytes", "gather_payload_bytes", "compression", "predicted_us"}
+    assert all(set(s) == site_keys for s in data["sites"])
+    assert [s["decision"] for s in data["sites"]] == [d for d, _ in EXPECTED]
+    assert set(data["totals"]) >= {"sites", "rewritten", "kept", "bytes", "wire_bytes_nccl", "wire_bytes_flashcomm"}
+    assert {"before", "after"} == set(data["graphs"][0])
+
+
+def test_predictions_for_a_target_gpu():
+    report = inspect_factory(factories.mixed, world_size=2, hardware="NVIDIA H200|p2p-disabled")
+    first = report.sites[0]
+    assert first.predicted_us is not None and first.predicted_us["nccl"] > 0
+    assert first.reason.startswith("below the cost model's threshold")
+
+
+def test_dynamic_shapes_show_the_symbolic_size():
+    def f(x):
+        import torch.distributed as dist
+        import torch.distributed._functional_collectives as funcol
+
+        return funcol.all_reduce(x * 2, "sum", dist.group.WORLD)
+
+    report = flashcomm_compile.inspect(f, torch.randn(8, 256), world_size=2, dynamic=True, mode="always")
+    assert report.sites[0].shape[0].startswith("s") and "s" in report.sites[0].bytes
+    assert report.sites[0].decision == "rewritten"
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "flashcomm_compile.cli", "inspect", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_json_and_exit_codes(tmp_path):
+    out = tmp_path / "report.json"
+    done = _cli("tests.inspection.factories:mixed", "--min-bytes", "4096", "--format", "json", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert [s["decision"] for s in json.loads(out.read_text())["sites"]] == [d for d, _ in EXPECTED]
+    for target, message in [("nomodule:f", "cannot import module"), ("tests.inspection.factories", "MODULE:FACTORY"),
+                            ("tests.inspection.factories:not_callable", "no callable"),
+                            ("tests.inspection.factories:raises", "raised RuntimeError: no weights here"),
+                            ("tests.inspection.factories:untraceable", "did not trace")]:
+        done = _cli(target)
+        assert done.returncode == 2, (target, done.stderr)
+        errors = [line for line in done.stderr.splitlines() if line.startswith("flashcomm-compile: error")]
+        assert len(errors) == 1 and message in errors[0], (target, done.stderr)
+        assert "Traceback" not in done.stderr
+    assert "Traceback" in _cli("tests.inspection.factories:raises", "--verbose").stderr
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium")
+def test_html_renders_in_headless_chromium(report, tmp_path):
+    page = tmp_path / "report.html"
+    page.write_text(report.to_html())
+    done = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                           "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                           "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
+                           page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    dom = done.stdout
+    assert dom.count("<tr>") >= 8 and 'id="sites"' in dom and "reduce op max" in dom
+    assert "diff_add" in dom  # the side-by-side diff rendered
