@@ -6,7 +6,8 @@ JSON schema (version 1), see `Report.to_json`:
      "sites": [{"graph": int, "node": str, "module": str, "source": str, "shape": [str], "dtype": str,
                 "bytes": str, "group": str, "decision": "rewritten" | "kept", "reason": str,
                 "reduce_payload_bytes": str | null, "gather_payload_bytes": str | null,
-                "compression": float | null, "predicted_us": {"nccl": float, "flashcomm": float} | null}],
+                "compression": float | null, "padding": str | null,
+                "predicted_us": {"nccl": float, "flashcomm": float} | null}],
      "totals": {"sites": int, "rewritten": int, "kept": int, "bytes": int | null, "wire_bytes_nccl": int | null,
                 "wire_bytes_flashcomm": int | null, "predicted_us_nccl": float | null,
                 "predicted_us_flashcomm": float | null},
@@ -50,6 +51,7 @@ class SiteRow:
     reduce_payload_bytes: str | None = None
     gather_payload_bytes: str | None = None
     compression: float | None = None
+    padding: str | None = None  # "none" where world size x group size provably divides the size
     predicted_us: dict[str, float] | None = None
 
 
@@ -85,6 +87,8 @@ def _row(graph: int, report: SiteReport, config: FlashCommConfig) -> SiteRow:
         reduce_bytes = layout.chunk_bytes * site.world_size
         gather_bytes = layout.with_bits(config.gather_bits).chunk_bytes * site.world_size
         row.reduce_payload_bytes, row.gather_payload_bytes = str(reduce_bytes), str(gather_bytes)
+        tail = layout.padded_numel - site.numel
+        row.padding = "none" if site.proves(tail == 0) else f"{tail} zeros, masked in the kernels"
         if site.is_static:
             # a ring all-reduce moves the tensor twice; the two-step pipeline moves each payload once
             row.compression = round(2 * site.nbytes / (reduce_bytes + gather_bytes), 3)

@@ -36,6 +36,7 @@ def test_sites_decisions_and_reasons(report):
     assert report.sites[0].reduce_payload_bytes == "9216" and report.sites[0].gather_payload_bytes == "17408"
     assert report.sites[0].compression == round(2 * 65536 / (9216 + 17408), 3)
     assert report.sites[4].compression is None  # not eligible: nothing to compress
+    assert report.sites[0].padding == "none" and report.sites[6].padding == "248 zeros, masked in the kernels"
     totals = report.totals()
     assert (totals["sites"], totals["rewritten"], totals["kept"]) == (7, 4, 3)
     assert totals["wire_bytes_flashcomm"] == 4 * (9216 + 17408) + 2 * (65536 + 8 + 32)
@@ -60,7 +61,7 @@ def test_json_schema(report):
     data = json.loads(report.to_json())
     assert data["version"] == 1 and data["world_size"] == 2 and data["config"]["min_bytes"] == 4096
     site_keys = {"graph", "node", "module", "source", "shape", "dtype", "bytes", "group", "decision", "reason",
-                 "reduce_payload_bytes", "gather_payload_bytes", "compression", "predicted_us"}
+                 "reduce_payload_bytes", "gather_payload_bytes", "compression", "padding", "predicted_us"}
     assert all(set(s) == site_keys for s in data["sites"])
     assert [s["decision"] for s in data["sites"]] == [d for d, _ in EXPECTED]
     assert set(data["totals"]) >= {"sites", "rewritten", "kept", "bytes", "wire_bytes_nccl", "wire_bytes_flashcomm"}
@@ -81,9 +82,16 @@ def test_dynamic_shapes_show_the_symbolic_size():
 
         return funcol.all_reduce(x * 2, "sum", dist.group.WORLD)
 
-    report = flashcomm_compile.inspect(f, torch.randn(8, 256), world_size=2, dynamic=True, mode="always")
+    x = torch.randn(8, 256)
+    torch._dynamo.mark_dynamic(x, 0)  # a dynamic sequence length, a static hidden size
+    report = flashcomm_compile.inspect(f, x, world_size=2, mode="always")
     assert report.sites[0].shape[0].startswith("s") and "s" in report.sites[0].bytes
     assert report.sites[0].decision == "rewritten"
+    assert report.sites[0].padding == "none"  # 2 x 128 divides s0 x 256 for every s0: proven symbolically
+    y = torch.randn(8, 100)
+    torch._dynamo.mark_dynamic(y, 0)
+    odd = flashcomm_compile.inspect(f, y, world_size=2, mode="always")
+    assert odd.sites[0].padding.endswith("masked in the kernels") and "s" in odd.sites[0].padding
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
