@@ -12,7 +12,7 @@ python3 -c "import torch, triton; print(torch.__version__, triton.__version__, t
 python3 -c "import hypothesis, pytest" 2>/dev/null || pip install -q --no-index --find-links wheels hypothesis pytest 2>&1 | tail -2
 for stage in ${STAGES:-tests bandwidth allreduce ttft demo}; do
   case $stage in
-    tests) step tests; HYPOTHESIS_PROFILE=gpu timeout 200 python3 -m pytest -q -m gpu tests 2>&1 | tee "$OUT/gpu_tests.log" | grep -v -i warn | tail -15 ;;
+    tests) step tests; HYPOTHESIS_PROFILE=gpu timeout 400 python3 -m pytest -q -m gpu tests 2>&1 | tee "$OUT/gpu_tests.log" | grep -v -i warn | tail -15 ;;
     bandwidth) step bandwidth; timeout 200 python3 -m benchmarks.kernel_bandwidth 2>&1 | tee "$OUT/bandwidth.log" ;;
     allreduce) step allreduce; timeout 500 python3 -m benchmarks.allreduce ${ALLREDUCE_ARGS:-} 2>&1 | tee "$OUT/allreduce.log" | grep -v Warning ;;
     ttft) step ttft; timeout 300 python3 -m benchmarks.ttft 2>&1 | tee "$OUT/ttft.log" | grep -v -i warn ;;
