@@ -92,7 +92,7 @@ def _row(graph: int, report: SiteReport, config: FlashCommConfig) -> SiteRow:
         if site.is_static:
             # a ring all-reduce moves the tensor twice; the two-step pipeline moves each payload once
             row.compression = round(2 * site.nbytes / (reduce_bytes + gather_bytes), 3)
-    prediction = report.decision.prediction if report.decision else None
+    prediction = report.decision.prediction
     if prediction is not None and site.is_static:
         row.predicted_us = dict(nccl=round(prediction.nccl.predict_us(site.nbytes), 1),
                                 flashcomm=round(prediction.flashcomm.predict_us(site.nbytes), 1))

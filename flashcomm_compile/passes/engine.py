@@ -11,7 +11,7 @@ from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_file
 from torch._inductor.pattern_matcher import is_match
 
 from ..config import FlashCommConfig
-from .guards import Decision
+from .guards import Decision, keep
 from .rules import ALL_REDUCE, RULES, Rule
 from .site import Site, world_size_of
 
@@ -19,10 +19,16 @@ from .site import Site, world_size_of
 @dataclass
 class SiteReport:
     site: Site
-    rule: str | None
-    rewritten: bool
-    reason: str
-    decision: Decision | None = None
+    rule: str | None  # the rule that matched, None where none did
+    decision: Decision
+
+    @property
+    def rewritten(self) -> bool:
+        return self.decision.rewrite
+
+    @property
+    def reason(self) -> str:
+        return self.decision.reason
 
 
 @dataclass
@@ -56,8 +62,8 @@ def _apply_first_matching(all_reduce: torch.fx.Node, config: FlashCommConfig, ru
             decision = rule.guard(site, config)
             if decision.rewrite:
                 match.replace_by_example(rule.replacement(site, config, decision), [match.kwargs["inp"]])
-            return SiteReport(site, rule.name, decision.rewrite, decision.reason, decision)
-    return SiteReport(site, None, False, "no rule matches (the all_reduce is not consumed by exactly one wait)")
+            return SiteReport(site, rule.name, decision)
+    return SiteReport(site, None, keep("no rule matches (the all_reduce is not consumed by exactly one wait)"))
 
 
 def _graph_code(graph: torch.fx.Graph) -> str:
