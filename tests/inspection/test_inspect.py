@@ -132,3 +132,15 @@ def test_html_renders_in_headless_chromium(report, tmp_path):
     dom = done.stdout
     assert dom.count("<tr>") >= 8 and 'id="sites"' in dom and "reduce op max" in dom
     assert "diff_add" in dom  # the side-by-side diff rendered
+
+
+def test_world_size_one_is_kept_exactly():
+    def f(x):
+        import torch.distributed as dist
+        import torch.distributed._functional_collectives as funcol
+
+        return funcol.all_reduce(x, "sum", dist.group.WORLD)
+
+    report = flashcomm_compile.inspect(f, torch.randn(64, 256), world_size=1, mode="always")
+    assert [(s.decision, s.reason) for s in report.sites] == [("kept", "world size 1")]
+    assert report.graphs[0].before == report.graphs[0].after
