@@ -20,7 +20,7 @@ from torch import nn
 
 from benchmarks.common import environment, print_table, write_json
 from flashcomm_compile.examples import llama, minilm
-from flashcomm_compile.launch import default_backend, run_ranks
+from flashcomm_compile.launch import default_backend, rank_device, run_ranks
 
 SENTENCES = Path(__file__).resolve().parent / "data" / "sentences.txt"
 CONFIGS = {
@@ -43,10 +43,6 @@ def _compiled(model: nn.Module, group_size: int, config: dict):
     return torch.compile(model, backend=flashcomm_compile.backend(mode="always", group_size=group_size, **config))
 
 
-def _device(rank: int) -> torch.device:
-    return torch.device("cuda", rank) if dist.get_backend() == "nccl" else torch.device("cpu")
-
-
 def nearest_neighbours(embeddings: torch.Tensor) -> torch.Tensor:
     similarity = embeddings @ embeddings.T
     similarity.fill_diagonal_(-2.0)
@@ -54,7 +50,7 @@ def nearest_neighbours(embeddings: torch.Tensor) -> torch.Tensor:
 
 
 def minilm_rank(rank: int, world: int, configs: dict, group_sizes, texts: list[str]) -> list[dict]:
-    device = _device(rank)
+    device = rank_device(rank)
     model = minilm.shard_with_funcol(minilm.load(), rank, world, dist.group.WORLD).to(device)
     ids, mask = (t.to(device) for t in minilm.tokenize(texts))
     rows = []
@@ -92,7 +88,7 @@ class OutlierLlama(nn.Module):
 
 
 def llama_rank(rank: int, world: int, configs: dict, group_sizes) -> list[dict]:
-    device = _device(rank)
+    device = rank_device(rank)
     shape = llama.LlamaShape(dim=512, n_heads=8, ffn_dim=1408, n_layers=4)
     model = OutlierLlama(shape)
     llama.shard_with_funcol(model.body, rank, world, dist.group.WORLD)

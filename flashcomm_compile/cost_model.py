@@ -80,10 +80,6 @@ def hardware_key(device: torch.device, world_size: int) -> str:
     return f"{card}|{link_mode()}|w{world_size}"
 
 
-def known_hardware() -> list[str]:
-    return sorted(_table())
-
-
 @functools.cache
 def _table() -> dict:
     return json.loads(TABLE_PATH.read_text()) if TABLE_PATH.exists() else {}

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 from .examples.llama import LlamaShape, build, shard_with_funcol
-from .launch import default_backend, run_ranks
+from .launch import default_backend, rank_device, run_ranks
 from .timing import median_ms
 
 OPS_OF_A_REWRITE = ("flashcomm.", "_c10d_functional.")
@@ -24,8 +24,8 @@ def _rank_main(rank: int, world: int, args: argparse.Namespace) -> dict:
     import flashcomm_compile
     from torch._inductor import config as inductor_config
 
-    on_gpu = dist.get_backend() == "nccl"
-    device = torch.device("cuda", rank) if on_gpu else torch.device("cpu")
+    device = rank_device(rank)
+    on_gpu = device.type == "cuda"
     dtype = torch.bfloat16 if on_gpu else torch.float32
     shape = LlamaShape(dim=args.dim, n_heads=args.dim // 64, ffn_dim=args.ffn_dim, n_layers=args.layers)
     model = shard_with_funcol(build(shape, dtype=dtype, device=device), rank, world, dist.group.WORLD)

@@ -16,12 +16,9 @@ from . import reference
 from .layout import PayloadLayout, validate_dtype
 
 
-def _use_triton(t: torch.Tensor) -> bool:
-    return t.device.type == "cuda"
-
-
 def _backend(t: torch.Tensor):
-    if _use_triton(t):
+    """Triton on CUDA, the torch reference elsewhere."""
+    if t.device.type == "cuda":
         from . import triton_kernels
 
         return triton_kernels
