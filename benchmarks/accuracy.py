@@ -43,6 +43,12 @@ def _compiled(model: nn.Module, group_size: int, config: dict):
     return torch.compile(model, backend=flashcomm_compile.backend(mode="always", group_size=group_size, **config))
 
 
+def _progress(rank: int, row: dict) -> None:
+    if rank == 0:
+        print("  " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()),
+              flush=True)
+
+
 def nearest_neighbours(embeddings: torch.Tensor) -> torch.Tensor:
     similarity = embeddings @ embeddings.T
     similarity.fill_diagonal_(-2.0)
@@ -63,6 +69,7 @@ def minilm_rank(rank: int, world: int, configs: dict, group_sizes, texts: list[s
                 agree = (nearest_neighbours(out) == nearest_neighbours(exact)).float().mean()
                 rows.append(dict(model="MiniLM-L6", config=name, group=group_size, mean_cosine=cosine.mean().item(),
                                  min_cosine=cosine.min().item(), nn_agreement=agree.item()))
+                _progress(rank, rows[-1])
     return rows
 
 
@@ -104,6 +111,7 @@ def llama_rank(rank: int, world: int, configs: dict, group_sizes) -> list[dict]:
                 top1 = (exact.argmax(-1) == out.argmax(-1)).float().mean()
                 rows.append(dict(model="Llama+outliers", config=name, group=group_size, kl=kl.item(),
                                  top1_agreement=top1.item()))
+                _progress(rank, rows[-1])
     return rows
 
 

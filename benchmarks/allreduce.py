@@ -1,5 +1,9 @@
-"""All-reduce latency on the GPUs of one node: NCCL, symmetric-memory two-shot, and the flashcomm variants as the
-compiled code the pass emits (CUDA graphs), for messages of tokens x hidden bf16, with the relative error of each.
+"""All-reduce latency on the GPUs of one node: NCCL, symmetric-memory two-shot, and the flashcomm variants (and
+"auto") as the compiled code the pass emits, for messages of tokens x hidden bf16, with the relative error of each;
+and where the time of one flashcomm all-reduce goes, stage by stage, at the largest sizes.
+
+GPU time per all-reduce: 10 back-to-back calls captured in one CUDA graph, median of 20 replays, slowest rank
+(`timing.graph_median_ms`). Where capture fails the row says so and falls back to timing single calls.
 
     PYTHONPATH=. python -m benchmarks.allreduce [--world-size 2] [--links default,p2p-disabled] [--quick]
 
@@ -17,8 +21,9 @@ import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 
 from benchmarks.common import environment, print_table, write_json
+from flashcomm_compile.kernels import triton_kernels
 from flashcomm_compile.launch import run_ranks
-from flashcomm_compile.timing import median_ms
+from flashcomm_compile.timing import graph_median_ms, median_ms
 
 HIDDENS = (4096, 8192)
 TOKENS = (2, 8, 32, 128, 512, 2048, 8192, 16384)
@@ -28,7 +33,10 @@ FLASHCOMM_VARIANTS = {
     "INT4/INT8": dict(reduce_bits=4, gather_bits=8),
     "INT4/INT4": dict(reduce_bits=4, gather_bits=4),
     "INT2+spike/INT4": dict(reduce_bits=2, gather_bits=4, spike_reserve=True, group_size=32),
+    "auto": dict(mode="auto"),  # the default config (INT4/INT8 g128) where the cost model predicts a gain
 }
+BREAKDOWN_SIZES = ((8192, 4096), (16384, 4096))
+BREAKDOWN_CONFIG = dict(reduce_bits=4, gather_bits=8, group_size=128, spike_reserve=False)
 
 
 def _sizes(quick: bool) -> list[tuple[int, int]]:
@@ -40,9 +48,7 @@ def _compiled_all_reduce(backend, group_name: str):
     def all_reduce(x):
         return funcol.all_reduce(x, "sum", group_name)
 
-    if backend is None:
-        return torch.compile(all_reduce, mode="reduce-overhead", dynamic=True)
-    return torch.compile(all_reduce, backend=backend, dynamic=True)
+    return torch.compile(all_reduce, backend=backend or "inductor", dynamic=True)
 
 
 def _symm_mem_two_shot(group_name: str, like: torch.Tensor):
@@ -54,14 +60,54 @@ def _symm_mem_two_shot(group_name: str, like: torch.Tensor):
     return lambda: torch.ops.symm_mem.two_shot_all_reduce_(buffer, "sum", group_name)
 
 
-def _rank_main(rank: int, world: int, quick: bool) -> list[dict]:
+def _gpu_us(fn, device: torch.device, row: dict) -> float:
+    """Per-call GPU time in us (CUDA graph); single calls where capture fails, noted in the row."""
+    try:
+        return graph_median_ms(fn, device) * 1e3
+    except Exception as e:  # noqa: BLE001 - recorded beside the number it affects
+        torch.cuda.synchronize(device)
+        row.setdefault("timing fallback", []).append(f"{type(e).__name__}: {e}"[:160])
+        return median_ms(fn, device, warmup=5, iters=30) * 1e3
+
+
+def _stage_breakdown(group_name: str, world: int, device: torch.device) -> list[dict]:
+    """GPU time of each stage of one INT4/INT8 all-reduce, each stage timed alone (eager ops, CUDA graph)."""
+    c10d, flashcomm = torch.ops._c10d_functional, torch.ops.flashcomm
+    cfg = BREAKDOWN_CONFIG
+    bits, gbits, g, spike = cfg["reduce_bits"], cfg["gather_bits"], cfg["group_size"], cfg["spike_reserve"]
+    splits = [1] * world
+    rows = []
+    for tokens, hidden in BREAKDOWN_SIZES:
+        x = torch.randn(tokens, hidden, device=device, dtype=torch.bfloat16)
+        payload = flashcomm.quantize(x, world, bits, g, spike)
+        received = c10d.wait_tensor(c10d.all_to_all_single(payload, splits, splits, group_name))
+        reduced = flashcomm.dequant_sum_requant(received, x.numel(), bits, gbits, g, spike)
+        gathered = c10d.wait_tensor(c10d.all_gather_into_tensor(reduced.reshape(-1), world, group_name))
+        stages = {
+            "quantize": lambda: flashcomm.quantize(x, world, bits, g, spike),
+            "all-to-all": lambda: c10d.wait_tensor(c10d.all_to_all_single(payload, splits, splits, group_name)),
+            "dequant-sum-requant": lambda: flashcomm.dequant_sum_requant(received, x.numel(), bits, gbits, g, spike),
+            "all-gather": lambda: c10d.wait_tensor(c10d.all_gather_into_tensor(reduced.reshape(-1), world, group_name)),
+            "dequantize": lambda: flashcomm.dequantize(gathered, world, x.shape, x.dtype, gbits, g, spike),
+            "nccl all-reduce (eager)": lambda: c10d.wait_tensor(c10d.all_reduce(x, "sum", group_name)),
+        }
+        row = dict(tokens=tokens, hidden=hidden, MB=x.nbytes / 1e6, payload_MB=payload.nbytes / 1e6,
+                   gathered_MB=gathered.nbytes / 1e6)
+        for name, fn in stages.items():
+            row[f"{name} us"] = _gpu_us(fn, device, row)
+        row["sum of stages us"] = sum(row[f"{n} us"] for n in list(stages)[:5])
+        rows.append(row)
+    return rows
+
+
+def _rank_main(rank: int, world: int, quick: bool) -> dict:
     import flashcomm_compile
 
     device = torch.device("cuda", rank)
     group_name = dist.group.WORLD.group_name
     variants = {"nccl": _compiled_all_reduce(None, group_name)}
     for name, config in FLASHCOMM_VARIANTS.items():
-        backend = flashcomm_compile.backend(mode="always", inductor_mode="reduce-overhead", **config)
+        backend = flashcomm_compile.backend(**{"mode": "always", **config})
         variants[name] = _compiled_all_reduce(backend, group_name)
     rows = []
     gen = torch.Generator(device).manual_seed(rank)
@@ -73,9 +119,9 @@ def _rank_main(rank: int, world: int, quick: bool) -> list[dict]:
         for name, fn in variants.items():
             out = fn(x).float()  # a copy: CUDA graphs reuse the output buffer on the next replay
             row[f"{name} err"] = ((out - exact).norm() / exact.norm()).item()
-            row[f"{name} us"] = median_ms(lambda: fn(x), device, warmup=5, iters=30) * 1e3
+            row[f"{name} us"] = _gpu_us(lambda: fn(x), device, row)
         try:
-            row["symm_mem two-shot us"] = median_ms(_symm_mem_two_shot(group_name, x), device, 5, 30) * 1e3
+            row["symm_mem two-shot us"] = _gpu_us(_symm_mem_two_shot(group_name, x), device, row)
         except Exception as e:  # noqa: BLE001 - reported in the table, the reference is optional
             row["symm_mem two-shot us"] = None
             row["symm_mem error"] = f"{type(e).__name__}: {e}"[:200]
@@ -83,7 +129,8 @@ def _rank_main(rank: int, world: int, quick: bool) -> list[dict]:
         if rank == 0:
             print(f"  {tokens} x {hidden}: " + ", ".join(
                 f"{k.removesuffix(' us')} {v:.0f}" for k, v in row.items() if k.endswith(" us") and v), flush=True)
-    return rows
+        torch.cuda.empty_cache()
+    return dict(rows=rows, breakdown=_stage_breakdown(group_name, world, device))
 
 
 def main() -> None:
@@ -95,16 +142,21 @@ def main() -> None:
     for link in args.links.split(","):
         os.environ["NCCL_P2P_DISABLE"] = "1" if link == "p2p-disabled" else "0"
         print(f"link {link}:", flush=True)
-        rows = run_ranks(args.world_size, _rank_main, args.quick, backend="nccl")[0]
+        result = run_ranks(args.world_size, _rank_main, args.quick, backend="nccl")[0]
         env = environment()
         columns = ["tokens", "hidden", "MB", "nccl us", "symm_mem two-shot us"]
         columns += [f"{n} us" for n in FLASHCOMM_VARIANTS] + [f"{n} err" for n in FLASHCOMM_VARIANTS]
-        print(f"\nall-reduce, {env['card']} x{args.world_size}, link {link}, torch {env['torch']}, "
-              f"NCCL {env['nccl']}, {env['date']}")
-        print_table(rows, columns)
+        print(f"\nall-reduce, GPU time per call (CUDA graph), {env['card']} x{args.world_size}, link {link}, "
+              f"torch {env['torch']}, NCCL {env['nccl']}, {env['date']}")
+        print_table(result["rows"], columns)
+        fallbacks = {f for row in result["rows"] + result["breakdown"] for f in row.get("timing fallback", [])}
+        print("timing fallbacks:", sorted(fallbacks) or "none")
+        print("stages of one INT4/INT8 g128 all-reduce, each timed alone:")
+        print_table(result["breakdown"], list(result["breakdown"][0]))
         card = env["card"].replace(" ", "_")
         write_json(f"allreduce_{link}_{card}_w{args.world_size}.json",
-                   dict(environment=env, world_size=args.world_size, rows=rows))
+                   dict(environment=env, world_size=args.world_size, timing="cuda-graph, 10 calls x 20 replays",
+                        launch={k: vars(v) for k, v in triton_kernels.LAUNCH.items()}, **result))
 
 
 if __name__ == "__main__":

@@ -1,23 +1,54 @@
 #!/usr/bin/env bash
-# Everything a GPU session needs, in one call on the device machine (2 GPUs): environment, GPU tests, kernel
-# bandwidth, all-reduce benchmark, TTFT, the demo. Logs and results go under $OUT. NVLink multicast stays disabled.
-# STAGES picks stages; ALLREDUCE_ARGS and TTFT_ARGS pass options (e.g. "--world-size 4" on a 4-GPU machine).
-set -uo pipefail
+# Everything a GPU session needs on the device machine: environment, GPU tests, kernel bandwidth (and the launch
+# sweep), all-reduce benchmark, TTFT, accuracy, the demo. Logs and results go under $OUT. NVLink multicast stays off.
+#
+# Run as a script, it runs $STAGES (default: env tests bandwidth allreduce ttft demo) one after another. Sourced, it
+# defines one function per stage, so that one device call can run stages side by side on different GPUs, e.g.
+#   source benchmarks/gpu_session.sh; env_info; GPUS=0,1 tests & GPUS=3 sweep; GPUS=2,3 accuracy; wait; pack_out
+# Stage functions take options through ARGS (passed to the benchmark) and GPUS (CUDA_VISIBLE_DEVICES); LOG names
+# the log file when a stage runs more than once.
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-export PYTHONPATH=. PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/out}
+# At most 8 files come back from a device call: stages write under $OUT/r, and pack_out puts them in one archive.
+export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 CALL_OUT=${CALL_OUT:-${OUT:-/tmp/out}}
+export OUT=$CALL_OUT/r
 mkdir -p "$OUT"
-step() { echo "=== $1 ($(date +%T))"; }
-step env
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-python3 -c "import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.nccl.version())"
-python3 -c "import hypothesis, pytest" 2>/dev/null || pip install -q --no-index --find-links wheels hypothesis pytest 2>&1 | tail -2
-for stage in ${STAGES:-tests bandwidth allreduce ttft demo}; do
-  case $stage in
-    tests) step tests; HYPOTHESIS_PROFILE=gpu timeout 400 python3 -m pytest -q -m gpu tests 2>&1 | tee "$OUT/gpu_tests.log" | grep -v -i warn | tail -15 ;;
-    bandwidth) step bandwidth; timeout 200 python3 -m benchmarks.kernel_bandwidth 2>&1 | tee "$OUT/bandwidth.log" ;;
-    allreduce) step allreduce; timeout 500 python3 -m benchmarks.allreduce ${ALLREDUCE_ARGS:-} 2>&1 | tee "$OUT/allreduce.log" | grep -v Warning ;;
-    ttft) step ttft; timeout 300 python3 -m benchmarks.ttft ${TTFT_ARGS:-} 2>&1 | tee "$OUT/ttft.log" | grep -v -i warn ;;
-    demo) step demo; timeout 300 python3 -m flashcomm_compile.demo 2>&1 | tee "$OUT/demo.log" | grep -v Warning ;;
-  esac
-done
-step done
+
+step() { echo "=== $1 ${ARGS:-} ${GPUS:+on GPUs $GPUS} ($(date +%T))"; }
+_run() {  # _run NAME TIMEOUT COMMAND...: one stage, logged to $OUT/${LOG:-NAME}.log, warnings filtered on screen
+  local name=$1 limit=$2; shift 2
+  step "$name"
+  CUDA_VISIBLE_DEVICES=${GPUS:-${CUDA_VISIBLE_DEVICES:-}} timeout "$limit" "$@" 2>&1 | tee "$OUT/${LOG:-$name}.log" \
+    | grep -v -i warn
+}
+
+env_info() {
+  step env
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  nvidia-smi topo -m | head -8
+  python3 -c "import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.nccl.version())"
+  python3 -c "import hypothesis, pytest" 2>/dev/null || pip install -q --no-index --find-links wheels hypothesis pytest
+  if [ -f .device/minilm.tar.gz ]; then  # MiniLM weights (benchmarks/pack_minilm.py) for the accuracy stage
+    mkdir -p /tmp/minilm && tar -xzf .device/minilm.tar.gz -C /tmp/minilm && export PYTHONPATH=$PYTHONPATH:/tmp/minilm
+  fi
+}
+tests() {  # the Triton JIT compiles a specialisation per hypothesis example: give it time and xdist workers
+  HYPOTHESIS_PROFILE=gpu _run gpu_tests "${LIMIT:-450}" python3 -m pytest -q -m gpu -p xdist -n 4 tests ${ARGS:-}
+}
+sweep() {  # times the launch candidates, then exports the fastest as FLASHCOMM_LAUNCH for the stages after it
+  _run sweep "${LIMIT:-200}" python3 -m benchmarks.kernel_bandwidth --sweep
+  local fastest; fastest=$(grep -o '^FLASHCOMM_LAUNCH=.*' "$OUT/sweep.log" | cut -d= -f2-)
+  [ -n "$fastest" ] && export FLASHCOMM_LAUNCH=$fastest && echo "using FLASHCOMM_LAUNCH=$fastest"
+}
+bandwidth() { _run bandwidth "${LIMIT:-200}" python3 -m benchmarks.kernel_bandwidth; }
+allreduce() { _run "${LOG:-allreduce}" "${LIMIT:-500}" python3 -m benchmarks.allreduce ${ARGS:-}; }
+ttft() { _run "${LOG:-ttft}" "${LIMIT:-300}" python3 -m benchmarks.ttft ${ARGS:-}; }
+accuracy() { _run accuracy "${LIMIT:-300}" python3 -m benchmarks.accuracy ${ARGS:-}; }
+demo() { _run demo "${LIMIT:-300}" python3 -m flashcomm_compile.demo; }
+pack_out() { step pack; tar -czf "$CALL_OUT/results.tgz" -C "$OUT" . && rm -rf "$OUT"; }
+
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  set -uo pipefail
+  env_info
+  for stage in ${STAGES:-tests bandwidth allreduce ttft demo}; do "$stage"; done
+  pack_out
+fi

@@ -1,13 +1,19 @@
 """Bandwidth of the quantize / dequantize-sum-requantize / dequantize kernels next to a device-to-device copy, on one
-GPU, at 64 MB of bf16 (counting bytes read plus bytes written, as the copy is counted).
+GPU, at 64 MB of bf16 (counting bytes read plus bytes written, as the copy is counted), timed in CUDA graphs.
 
-    PYTHONPATH=. python benchmarks/kernel_bandwidth.py
+    PYTHONPATH=. python -m benchmarks.kernel_bandwidth [--sweep]
+
+--sweep also times every candidate launch (elements per program x warps) of each kernel for INT4/INT8 g128 and
+prints the fastest in FLASHCOMM_LAUNCH's syntax, which `triton_kernels.LAUNCH` is then set to.
 """
 
 from __future__ import annotations
 
+import argparse
+import itertools
+
 import torch
-from triton.testing import do_bench
+from triton.testing import do_bench_cudagraph
 
 from flashcomm_compile.kernels import triton_kernels
 from flashcomm_compile.kernels.layout import PayloadLayout
@@ -16,40 +22,89 @@ from benchmarks.common import environment, print_table, write_json
 NUMEL = 32 * 2**20  # 64 MB of bf16
 WORLD = 2
 CONFIGS = [(4, 8, False), (8, 8, False), (2, 8, True)]
+SWEEP_ELEMENTS = (2048, 4096, 8192)
+SWEEP_WARPS = (4, 8)
 
 
 def _gbps(nbytes: int, ms: float) -> float:
     return nbytes / ms / 1e6
 
 
+def _stages(x: torch.Tensor, reduce_bits: int, gather_bits: int, spike: bool) -> list[tuple[str, object, int]]:
+    """(kernel name, call, bytes read + written) for the three kernels of one config."""
+    layout = PayloadLayout(x.numel(), WORLD, reduce_bits, 128, spike)
+    out_layout = layout.with_bits(gather_bits)
+    payload = triton_kernels.quantize(x, layout)
+    reduced = triton_kernels.dequant_sum_requant(payload, layout, gather_bits)
+    gathered = reduced.repeat(WORLD, 1)
+    return [
+        ("quantize", lambda: triton_kernels.quantize(x, layout), x.nbytes + payload.nbytes),
+        ("dequant_sum_requant", lambda: triton_kernels.dequant_sum_requant(payload, layout, gather_bits),
+         payload.nbytes + reduced.nbytes),
+        ("dequantize", lambda: triton_kernels.dequantize(gathered, out_layout, x.dtype, x.shape),
+         gathered.nbytes + x.nbytes),
+    ]
+
+
+def _time(fn) -> float:
+    """GPU time in ms, median, from calls replayed in a CUDA graph: timed one launch at a time, these kernels measure
+    the CPU's launch overhead (about 140 us here) rather than their own work."""
+    return do_bench_cudagraph(fn, rep=100, return_mode="median")
+
+
+def sweep(x: torch.Tensor, copy_gbps: float) -> list[dict]:
+    chosen = dict(triton_kernels.LAUNCH)
+    rows = []
+    for name, fn, nbytes in _stages(x, 4, 8, False):
+        for elements, warps in itertools.product(SWEEP_ELEMENTS, SWEEP_WARPS):
+            triton_kernels.LAUNCH[name] = triton_kernels.Launch(elements, warps)
+            try:
+                ms = _time(fn)
+            except Exception as e:  # noqa: BLE001 - e.g. out of resources for a large tile: reported, skipped
+                rows.append(dict(kernel=name, elements=elements, warps=warps, error=f"{type(e).__name__}"))
+                continue
+            rows.append(dict(kernel=name, elements=elements, warps=warps, ms=ms, GBps=_gbps(nbytes, ms),
+                             of_copy=_gbps(nbytes, ms) / copy_gbps))
+        triton_kernels.LAUNCH[name] = chosen[name]
+    return rows
+
+
+def fastest(sweep_rows: list[dict]) -> str:
+    """The fastest launch of each kernel, in FLASHCOMM_LAUNCH's syntax."""
+    best = {}
+    for row in sweep_rows:
+        if "ms" in row and (row["kernel"] not in best or row["ms"] < best[row["kernel"]]["ms"]):
+            best[row["kernel"]] = row
+    return ",".join(f"{name}={row['elements']}x{row['warps']}" for name, row in best.items())
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sweep", action="store_true")
+    args = parser.parse_args()
     x = torch.randn(NUMEL, device="cuda", dtype=torch.bfloat16)
     y = torch.empty_like(x)
-    copy_ms = do_bench(lambda: y.copy_(x), warmup=50, rep=300, return_mode="median")
-    copy_bytes = 2 * x.numel() * x.element_size()
-    rows = [dict(kernel="copy (d2d)", config="", ms=copy_ms, GBps=_gbps(copy_bytes, copy_ms), of_copy=1.0)]
+    copy_ms = _time(lambda: y.copy_(x))
+    copy_gbps = _gbps(2 * x.nbytes, copy_ms)
+    rows = [dict(kernel="copy (d2d)", config="", ms=copy_ms, GBps=copy_gbps, of_copy=1.0)]
     for reduce_bits, gather_bits, spike in CONFIGS:
-        layout = PayloadLayout(NUMEL, WORLD, reduce_bits, 128, spike)
-        out_layout = layout.with_bits(gather_bits)
-        payload = triton_kernels.quantize(x, layout)
-        reduced = triton_kernels.dequant_sum_requant(payload, layout, gather_bits)
-        gathered = reduced.repeat(WORLD, 1)
         label = f"INT{reduce_bits}/INT{gather_bits}{'+spike' if spike else ''}"
-        stages = [
-            ("quantize", lambda: triton_kernels.quantize(x, layout), x.nbytes + payload.nbytes),
-            ("dequant-sum-requant", lambda: triton_kernels.dequant_sum_requant(payload, layout, gather_bits),
-             payload.nbytes + reduced.nbytes),
-            ("dequantize", lambda: triton_kernels.dequantize(gathered, out_layout, x.dtype, x.shape),
-             gathered.nbytes + x.nbytes),
-        ]
-        for name, fn, nbytes in stages:
-            ms = do_bench(fn, warmup=50, rep=300, return_mode="median")
-            rows.append(dict(kernel=name, config=label, ms=ms, GBps=_gbps(nbytes, ms),
-                             of_copy=_gbps(nbytes, ms) / rows[0]["GBps"]))
+        for name, fn, nbytes in _stages(x, reduce_bits, gather_bits, spike):
+            ms = _time(fn)
+            rows.append(dict(kernel=name, config=label, ms=ms, GBps=_gbps(nbytes, ms), of_copy=_gbps(nbytes, ms) / copy_gbps))
     env = environment()
-    print(f"kernel bandwidth, 64 MB bf16, W={WORLD}, group 128, {env['card']}, {env['date']}")
+    launch = {name: vars(launch) for name, launch in triton_kernels.LAUNCH.items()}
+    print(f"kernel bandwidth, 64 MB bf16, W={WORLD}, group 128, {env['card']}, {env['date']}, launch {launch}")
     print_table(rows, ["kernel", "config", "ms", "GBps", "of_copy"])
-    write_json("kernel_bandwidth.json", dict(environment=env, numel=NUMEL, world_size=WORLD, rows=rows))
+    result = dict(environment=env, numel=NUMEL, world_size=WORLD, launch=launch, rows=rows)
+    if args.sweep:
+        result["sweep"] = sweep(x, copy_gbps)
+        print("launch sweep, INT4/INT8 g128:")
+        print_table(result["sweep"], ["kernel", "elements", "warps", "ms", "GBps", "of_copy", "error"])
+        result["fastest"] = fastest(result["sweep"])
+        print(f"FLASHCOMM_LAUNCH={result['fastest']}")
+    card = env["card"].replace(" ", "_")
+    write_json(f"kernel_bandwidth_{card}.json", result)
 
 
 if __name__ == "__main__":

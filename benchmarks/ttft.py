@@ -2,7 +2,7 @@
 flashcomm backend, and the same model with its all-reduces removed, which measures the share of time spent
 communicating and the Amdahl bound on any speed-up from faster communication.
 
-    PYTHONPATH=. python -m benchmarks.ttft [--world-size 2] [--link default|p2p-disabled]
+    PYTHONPATH=. python -m benchmarks.ttft [--world-size 2] [--link default|p2p-disabled] [--models 8b,70b]
 """
 
 from __future__ import annotations
@@ -19,19 +19,19 @@ from flashcomm_compile.launch import run_ranks
 from flashcomm_compile.timing import median_ms
 
 MODELS = {
-    "llama3-8b, 8 of 32 layers": LlamaShape(dim=4096, n_heads=32, ffn_dim=14336, n_layers=8),
-    "llama3-70b, 4 of 80 layers": LlamaShape(dim=8192, n_heads=64, ffn_dim=28672, n_layers=4),
+    "8b": ("llama3-8b, 8 of 32 layers", LlamaShape(dim=4096, n_heads=32, ffn_dim=14336, n_layers=8)),
+    "70b": ("llama3-70b, 4 of 80 layers", LlamaShape(dim=8192, n_heads=64, ffn_dim=28672, n_layers=4)),
 }
 BATCH_X_PROMPT = [(1, 512), (4, 1024), (8, 1024), (16, 2048)]
 FLASHCOMM = dict(reduce_bits=4, gather_bits=8, mode="always")
 
 
-def _rank_main(rank: int, world: int) -> list[dict]:
+def _rank_main(rank: int, world: int, models: list[str]) -> list[dict]:
     import flashcomm_compile
 
     device = torch.device("cuda", rank)
     rows = []
-    for name, shape in MODELS.items():
+    for name, shape in (MODELS[key] for key in models):
         torch._dynamo.reset()  # past dynamo's recompile limit a model would silently run eagerly
         model = shard_with_funcol(build(shape, dtype=torch.bfloat16, device=device), rank, world, dist.group.WORLD)
         exact = torch.compile(model, dynamic=True)
@@ -64,9 +64,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--world-size", type=int, default=2)
     parser.add_argument("--link", default="default", choices=["default", "p2p-disabled"])
+    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {list(MODELS)}")
     args = parser.parse_args()
+    models = args.models.split(",")
+    unknown = set(models) - set(MODELS)
+    if unknown:
+        parser.error(f"--models: unknown {sorted(unknown)}; known {list(MODELS)}")
     os.environ["NCCL_P2P_DISABLE"] = "1" if args.link == "p2p-disabled" else "0"
-    rows = run_ranks(args.world_size, _rank_main, backend="nccl")[0]
+    rows = run_ranks(args.world_size, _rank_main, models, backend="nccl")[0]
     env = environment()
     print(f"\nprefill latency, {env['card']} x{args.world_size}, link {args.link}, flashcomm INT4/INT8 g128, "
           f"torch {env['torch']}, NCCL {env['nccl']}, {env['date']}")

@@ -72,6 +72,10 @@ def assume_hardware(card_and_link: str | None):
         _assumed.reset(token)
 
 
+def assumed_hardware() -> str | None:
+    return _assumed.get()
+
+
 def hardware_key(device: torch.device, world_size: int) -> str:
     assumed = _assumed.get()
     if assumed is not None:

@@ -36,3 +36,24 @@ def median_ms(fn: Callable[[], object], device: torch.device, warmup: int = 3, i
             median = median.to(device)
         dist.all_reduce(median, op=dist.ReduceOp.MAX)
     return median.item()
+
+
+def graph_median_ms(fn: Callable[[], object], device: torch.device, calls: int = 10, iters: int = 20) -> float:
+    """GPU time of one fn() in ms: `calls` back-to-back calls captured in one CUDA graph, replayed in lockstep.
+
+    Without the graph a single call of a compiled function measures the CPU's launch overhead (guards, wrappers)
+    more than the GPU's work; inside a model's graph that overhead is paid once for many kernels."""
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):  # warm-up (compiles, allocates) off the default stream, as capture requires
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    torch.cuda.synchronize(device)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    ms = median_ms(graph.replay, device, warmup=2, iters=iters) / calls
+    del graph
+    return ms

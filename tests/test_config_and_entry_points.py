@@ -40,6 +40,16 @@ def test_uuid_covers_the_config():
         assert FlashCommPass(FlashCommConfig(**change)).uuid() != base, change
 
 
+def test_uuid_covers_the_link_mode_and_assumed_hardware(monkeypatch):
+    from flashcomm_compile.cost_model import assume_hardware
+
+    base = FlashCommPass(FlashCommConfig()).uuid()
+    with assume_hardware("NVIDIA H200|default"):
+        assert FlashCommPass(FlashCommConfig()).uuid() != base
+    monkeypatch.setenv("NCCL_P2P_DISABLE", "1")
+    assert FlashCommPass(FlashCommConfig()).uuid() != base
+
+
 def _fn(x):
     return torch.sin(x) * 2
 
@@ -71,6 +81,12 @@ def test_decorator_routes_mode_by_vocabulary():
     assert g.flashcomm_backend.config.mode == "auto"
     with pytest.raises(ValueError, match="mode"):
         flashcomm_compile.compile(lambda x: x, mode="fast")
+
+    both = flashcomm_compile.compile(lambda x: x, mode="always", inductor_mode="reduce-overhead")
+    assert both.flashcomm_backend.config.mode == "always"
+    assert both.flashcomm_backend.inductor_mode == "reduce-overhead"
+    with pytest.raises(ValueError, match="inductor_mode"):
+        flashcomm_compile.compile(lambda x: x, mode="reduce-overhead", inductor_mode="default")
 
 
 def test_decorator_on_a_module_forward():

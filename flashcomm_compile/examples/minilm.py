@@ -104,8 +104,8 @@ def shard_with_funcol(model: MiniLM, rank: int, world_size: int, group) -> MiniL
     """Heads and FFN split over ranks; row-parallel outputs all-reduced, their bias added after the sum."""
     import torch.distributed._functional_collectives as funcol
 
-    def all_reduce_then_bias(bias):
-        return lambda _module, _inputs, output: funcol.all_reduce(output, "sum", group) + bias
+    def all_reduce_then_bias(module, _inputs, output):
+        return funcol.all_reduce(output, "sum", group) + module.reduced_bias
 
     for layer in model.layers:
         for name in COLWISE:
@@ -117,5 +117,6 @@ def shard_with_funcol(model: MiniLM, rank: int, world_size: int, group) -> MiniL
             bias = linear.bias.detach().clone()
             linear.weight = nn.Parameter(linear.weight.detach().chunk(world_size, 1)[rank].contiguous())
             linear.bias = None
-            linear.register_forward_hook(all_reduce_then_bias(bias))
+            linear.register_buffer("reduced_bias", bias)  # a buffer, so that .to(device) moves it
+            linear.register_forward_hook(all_reduce_then_bias)
     return model

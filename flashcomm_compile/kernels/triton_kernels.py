@@ -9,6 +9,9 @@ stored with typed accesses without pointer casts, which also keeps the kernels r
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
@@ -16,7 +19,36 @@ from torch.library import wrap_triton
 
 from .layout import PayloadLayout
 
-ELEMENTS_PER_PROGRAM = 2048
+
+@dataclass(frozen=True)
+class Launch:
+    """How much one program does: `elements` input values (whole groups) with `warps` warps. Fixed per kernel, not
+    autotuned per size (per-size tuning re-tuned on every new shape); `benchmarks/kernel_bandwidth.py --sweep`
+    measures the candidates."""
+
+    elements: int
+    warps: int
+
+    def block_groups(self, group_size: int) -> int:
+        return max(1, self.elements // group_size)
+
+
+LAUNCH = {"quantize": Launch(2048, 4), "dequant_sum_requant": Launch(2048, 4), "dequantize": Launch(2048, 4)}
+
+
+def parse_launch(spec: str) -> dict[str, Launch]:
+    """"quantize=4096x8,dequantize=2048x4" -> {kernel: Launch}, as FLASHCOMM_LAUNCH overrides LAUNCH for tuning."""
+    launches = {}
+    for item in filter(None, spec.split(",")):
+        name, _, size = item.partition("=")
+        elements, _, warps = size.partition("x")
+        if name not in LAUNCH or not (elements.isdigit() and warps.isdigit()):
+            raise ValueError(f"FLASHCOMM_LAUNCH item {item!r}: expected KERNEL=ELEMENTSxWARPS, KERNEL in {list(LAUNCH)}")
+        launches[name] = Launch(int(elements), int(warps))
+    return launches
+
+
+LAUNCH.update(parse_launch(os.environ.get("FLASHCOMM_LAUNCH", "")))
 
 
 @triton.jit
@@ -154,10 +186,6 @@ def dequantize_kernel(u8, f32, i16, out, numel, total_groups, groups_per_chunk, 
     tl.store(out + offsets, values.to(out.dtype.element_ty), mask=offsets < numel)
 
 
-def _block_groups(group_size: int) -> int:
-    return max(1, ELEMENTS_PER_PROGRAM // group_size)
-
-
 def _views(payload: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     flat = payload.reshape(-1)
     return flat, flat.view(torch.float32), flat.view(torch.int16)
@@ -166,29 +194,33 @@ def _views(payload: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
 def quantize(x: torch.Tensor, layout: PayloadLayout) -> torch.Tensor:
     out = torch.empty((layout.world_size, layout.chunk_bytes), dtype=torch.uint8, device=x.device)
     total_groups = layout.world_size * layout.groups_per_chunk
-    block = _block_groups(layout.group_size)
+    launch = LAUNCH["quantize"]
+    block = launch.block_groups(layout.group_size)
     wrap_triton(quantize_kernel)[(triton.cdiv(total_groups, block),)](
         x.contiguous(), *_views(out), x.numel(), total_groups, layout.groups_per_chunk, layout.chunk_bytes,
-        BITS=layout.bits, G=layout.group_size, SPIKE=layout.spike_reserve, BLOCK_G=block)
+        BITS=layout.bits, G=layout.group_size, SPIKE=layout.spike_reserve, BLOCK_G=block, num_warps=launch.warps)
     return out
 
 
 def dequant_sum_requant(received: torch.Tensor, layout: PayloadLayout, out_bits: int) -> torch.Tensor:
     out_layout = layout.with_bits(out_bits)
     out = torch.empty((1, out_layout.chunk_bytes), dtype=torch.uint8, device=received.device)
-    block = _block_groups(layout.group_size)
+    launch = LAUNCH["dequant_sum_requant"]
+    block = launch.block_groups(layout.group_size)
     wrap_triton(dequant_sum_requant_kernel)[(triton.cdiv(layout.groups_per_chunk, block),)](
         *_views(received.contiguous()), *_views(out), layout.groups_per_chunk, layout.chunk_bytes,
         WORLD=received.shape[0], IN_BITS=layout.bits, OUT_BITS=out_bits, G=layout.group_size,
-        SPIKE=layout.spike_reserve, BLOCK_G=block)
+        SPIKE=layout.spike_reserve, BLOCK_G=block, num_warps=launch.warps)
     return out
 
 
 def dequantize(gathered: torch.Tensor, layout: PayloadLayout, dtype: torch.dtype, shape) -> torch.Tensor:
     out = torch.empty(shape, dtype=dtype, device=gathered.device)
     total_groups = layout.world_size * layout.groups_per_chunk
-    block = _block_groups(layout.group_size)
+    launch = LAUNCH["dequantize"]
+    block = launch.block_groups(layout.group_size)
     wrap_triton(dequantize_kernel)[(triton.cdiv(total_groups, block),)](
         *_views(gathered.contiguous()), out, layout.numel, total_groups, layout.groups_per_chunk,
-        layout.chunk_bytes, BITS=layout.bits, G=layout.group_size, SPIKE=layout.spike_reserve, BLOCK_G=block)
+        layout.chunk_bytes, BITS=layout.bits, G=layout.group_size, SPIKE=layout.spike_reserve, BLOCK_G=block,
+        num_warps=launch.warps)
     return out

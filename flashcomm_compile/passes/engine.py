@@ -7,9 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 from torch._inductor.pattern_matcher import is_match
 
+from .. import cost_model
 from ..config import FlashCommConfig
 from .guards import Decision, keep
 from .rules import ALL_REDUCE, RULES, Rule
@@ -71,8 +73,9 @@ def _graph_code(graph: torch.fx.Graph) -> str:
 
 
 class FlashCommPass(CustomGraphPass):
-    """The post-grad pass. Its uuid hashes the pass and kernel sources and the config, so Inductor's FX graph cache
-    stays on yet never reuses a graph compiled by another version or config (on a cache hit the pass does not run)."""
+    """The post-grad pass. Its uuid hashes the package's sources and cost table, the config and what the rewrite reads
+    from its surroundings, so Inductor's FX graph cache stays on yet never reuses a graph compiled by another version,
+    config, group size or machine (on a cache hit the pass does not run)."""
 
     def __init__(self, config: FlashCommConfig, rules: tuple[Rule, ...] = RULES):
         self.config = config
@@ -87,9 +90,20 @@ class FlashCommPass(CustomGraphPass):
         self.records.append(GraphRecord(before, _graph_code(graph), sites, ops))
 
     def uuid(self) -> bytes:
-        return get_hash_for_files(_source_files(), extra=repr(self.config))
+        return get_hash_for_files(_source_files(), extra=repr(self.config) + compile_environment())
+
+
+def compile_environment() -> str:
+    """What a rewrite depends on beyond the graph and the config. A graph names its process group ("0"), not the
+    group's size, which the replacement bakes in (all-to-all splits); the cost model reads the GPU and link mode."""
+    groups = []
+    if dist.is_available() and dist.is_initialized():
+        groups = sorted((name, pg.size()) for pg, name in dist.distributed_c10d._world.pg_names.items())
+    card = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return repr((groups, card, cost_model.link_mode(), cost_model.assumed_hardware()))
 
 
 def _source_files() -> tuple[str, ...]:
     package = Path(__file__).resolve().parent.parent
-    return tuple(str(p) for p in sorted(package.rglob("*.py")) if "__pycache__" not in p.parts)
+    sources = (p for p in sorted(package.rglob("*.py")) if "__pycache__" not in p.parts)
+    return (*map(str, sources), str(cost_model.TABLE_PATH))

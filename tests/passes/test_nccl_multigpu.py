@@ -51,7 +51,8 @@ def _llama(rank, world, inductor_mode):
 
     shape = LlamaShape(dim=1024, n_heads=16, ffn_dim=2816, n_layers=4)
     model = shard_with_funcol(build(shape, dtype=torch.bfloat16, device="cuda"), rank, world, dist.group.WORLD)
-    decorated = flashcomm_compile.compile(model, mode=inductor_mode, reduce_bits=8, gather_bits=8)
+    decorated = flashcomm_compile.compile(model, mode="always", inductor_mode=inductor_mode, reduce_bits=8,
+                                          gather_bits=8)
     x = torch.randn(2, 512, shape.dim, device="cuda", dtype=torch.bfloat16,
                     generator=torch.Generator("cuda").manual_seed(0))
     from torch._inductor import config as inductor_config

@@ -238,3 +238,23 @@ def test_auto_decides_symbolic_sizes_at_run_time():
     assert result["ops"].get("flashcomm.all_reduce_by_size.default") == 1
     assert result["errors"][5] == 0.0  # 5 x 256 x 4 bytes: NCCL's exact sum
     assert result["errors"][17] > 0 and result["errors"][64] > 0  # quantized
+
+
+def _same_code_other_world_size(rank, world):
+    """The graph names its group ("0"), not the group's size: a graph compiled on 2 ranks, cached on disk, must not
+    be handed to 4 ranks (its all-to-all splits would be wrong)."""
+    from torch._inductor import config as inductor_config
+
+    def f(t):
+        return funcol.all_reduce(t, "sum", dist.group.WORLD)
+
+    x = torch.randn(32, 256) + rank
+    with inductor_config.patch(fx_graph_cache=True):
+        out = _compile(f, dynamic=False, mode="always", reduce_bits=8, gather_bits=8)[0](x)
+    exact = sum(_everyone(x))
+    return ((out - exact).norm() / exact.norm()).item()
+
+
+def test_a_graph_cached_for_one_world_size_is_not_reused_for_another():
+    for world in (2, 4):
+        assert max(run_ranks(world, _same_code_other_world_size)) < 0.02
