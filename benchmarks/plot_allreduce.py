@@ -25,6 +25,8 @@ def main() -> None:
     for ax, run in zip(axes[0], runs):
         rows, env = run["rows"], run["environment"]
         names = [k.removesuffix(" us") for k in rows[0] if k.endswith(" us") and k != "nccl us"]
+        if env["link"] == "p2p-disabled":  # symmetric memory uses NVLink whatever NCCL is told: not comparable
+            names.remove("symm_mem two-shot")
         for hidden, style in ((4096, "-"), (8192, ":")):
             for i, name in enumerate(names):
                 pts = sorted((r["MB"], r["nccl us"] / r[f"{name} us"]) for r in rows
@@ -36,7 +38,8 @@ def main() -> None:
         ax.set_xscale("log")
         ax.set_xlabel("message size (MB, bf16); solid hidden 4096, dotted 8192")
         ax.set_ylabel("speed-up over NCCL all-reduce")
-        ax.set_title(f"{env['card']} x{env['gpus']}, link {env['link']}, {env['date'][:10]}", fontsize=9)
+        ax.set_title(f"{env['card']} x{run.get('world_size', env['gpus'])}, link {env['link']}, {env['date'][:10]}",
+                     fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(args.out, dpi=110)

@@ -11,7 +11,7 @@ import importlib
 import sys
 import traceback
 
-from .config import REWRITE_MODES, SUPPORTED_BITS, SUPPORTED_GROUP_SIZES
+from .config import REWRITE_MODES, SUPPORTED_BITS, SUPPORTED_GROUP_SIZES, FlashCommConfig
 
 
 class UsageError(Exception):
@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--group-size", type=int, choices=SUPPORTED_GROUP_SIZES, default=128)
     p.add_argument("--spike-reserve", action="store_true")
     p.add_argument("--mode", choices=REWRITE_MODES, default="auto")
-    p.add_argument("--min-bytes", type=int, default=1 << 20)
+    p.add_argument("--min-bytes", type=int, default=FlashCommConfig.min_bytes)
     p.add_argument("--hardware", help='predict with the measurements of e.g. "NVIDIA H200|default"')
     p.add_argument("--dynamic", action="store_true", help="trace with dynamic shapes")
     p.add_argument("--format", choices=("text", "json", "html"), default="text")
