@@ -17,8 +17,7 @@ step() { echo "=== $1 ${ARGS:-} ${GPUS:+on GPUs $GPUS} ($(date +%T))"; }
 _run() {  # _run NAME TIMEOUT COMMAND...: one stage, logged to $OUT/${LOG:-NAME}.log, warnings filtered on screen
   local name=$1 limit=$2; shift 2
   step "$name"
-  CUDA_VISIBLE_DEVICES=${GPUS:-${CUDA_VISIBLE_DEVICES:-}} timeout "$limit" "$@" 2>&1 | tee "$OUT/${LOG:-$name}.log" \
-    | grep -v -i warn
+  env ${GPUS:+CUDA_VISIBLE_DEVICES=$GPUS} timeout "$limit" "$@" 2>&1 | tee "$OUT/${LOG:-$name}.log" | grep -v -i warn
 }
 
 env_info() {

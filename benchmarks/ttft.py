@@ -1,8 +1,11 @@
 """Prefill latency (time to first token) of Llama-shaped TP models with random weights: Inductor against the
-flashcomm backend, and the same model with its all-reduces removed, which measures the share of time spent
-communicating and the Amdahl bound on any speed-up from faster communication.
+flashcomm backend ("always" and "auto"), and the same model with its all-reduces removed, which measures the share of
+time spent communicating and the Amdahl bound on any speed-up from faster communication.
 
     PYTHONPATH=. python -m benchmarks.ttft [--world-size 2] [--link default|p2p-disabled] [--models 8b,70b]
+                                           [--inductor-mode default|reduce-overhead]
+
+--inductor-mode reduce-overhead runs every variant under CUDA graphs, which takes launch overhead out of the times.
 """
 
 from __future__ import annotations
@@ -23,10 +26,17 @@ MODELS = {
     "70b": ("llama3-70b, 4 of 80 layers", LlamaShape(dim=8192, n_heads=64, ffn_dim=28672, n_layers=4)),
 }
 BATCH_X_PROMPT = [(1, 512), (4, 1024), (8, 1024), (16, 2048)]
-FLASHCOMM = dict(reduce_bits=4, gather_bits=8, mode="always")
+FLASHCOMM = dict(reduce_bits=4, gather_bits=8)  # "flashcomm" rewrites every all-reduce, "auto" where predicted faster
 
 
-def _rank_main(rank: int, world: int, models: list[str]) -> list[dict]:
+def _time_each_input(label: str, fn, inputs, name: str, rank: int, device: torch.device, times: dict) -> None:
+    for (b, s), x in zip(BATCH_X_PROMPT, inputs):
+        times[label, b, s] = median_ms(lambda: fn(x), device, warmup=3, iters=7)
+        if rank == 0:
+            print(f"  {name} {b}x{s} {label}: {times[label, b, s]:.2f} ms", flush=True)
+
+
+def _rank_main(rank: int, world: int, models: list[str], inductor_mode: str) -> list[dict]:
     import flashcomm_compile
 
     device = torch.device("cuda", rank)
@@ -34,28 +44,29 @@ def _rank_main(rank: int, world: int, models: list[str]) -> list[dict]:
     for name, shape in (MODELS[key] for key in models):
         torch._dynamo.reset()  # past dynamo's recompile limit a model would silently run eagerly
         model = shard_with_funcol(build(shape, dtype=torch.bfloat16, device=device), rank, world, dist.group.WORLD)
-        exact = torch.compile(model, dynamic=True)
-        flash = torch.compile(model, backend=flashcomm_compile.backend(**FLASHCOMM), dynamic=True)
+        variants = {
+            "inductor": torch.compile(model, mode=inductor_mode, dynamic=True),
+            "flashcomm": flashcomm_compile.compile(model, mode="always", inductor_mode=inductor_mode, dynamic=True,
+                                                   **FLASHCOMM),
+            "auto": flashcomm_compile.compile(model, mode="auto", inductor_mode=inductor_mode, dynamic=True,
+                                              **FLASHCOMM),
+        }
         inputs = [torch.randn(b, s, shape.dim, device=device, dtype=torch.bfloat16) for b, s in BATCH_X_PROMPT]
         times = {}
         with torch.no_grad():
-            for label, fn in (("inductor", exact), ("flashcomm", flash)):
-                for (b, s), x in zip(BATCH_X_PROMPT, inputs):
-                    times[label, b, s] = median_ms(lambda: fn(x), device, warmup=2, iters=7)
-                    if rank == 0:
-                        print(f"  {name} {b}x{s} {label}: {times[label, b, s]:.2f} ms", flush=True)
+            for label, fn in variants.items():
+                _time_each_input(label, fn, inputs, name, rank, device, times)
             for hook in model.all_reduce_hooks:
                 hook.remove()
-            silent = torch.compile(model, dynamic=True)
-            for (b, s), x in zip(BATCH_X_PROMPT, inputs):
-                times["no-comm", b, s] = median_ms(lambda: silent(x), device, warmup=2, iters=7)
+            silent = torch.compile(model, mode=inductor_mode, dynamic=True)
+            _time_each_input("no-comm", silent, inputs, name, rank, device, times)
         for b, s in BATCH_X_PROMPT:
             base, comp = times["inductor", b, s], times["no-comm", b, s]
             rows.append({"model": name, "batch x prompt": f"{b}x{s}", "inductor ms": base,
-                         "flashcomm ms": times["flashcomm", b, s], "no-comm ms": comp,
-                         "speed-up": base / times["flashcomm", b, s], "comm share": 1 - comp / base,
-                         "amdahl bound": base / comp})
-        del model, exact, flash, silent
+                         "flashcomm ms": times["flashcomm", b, s], "auto ms": times["auto", b, s], "no-comm ms": comp,
+                         "speed-up": base / times["flashcomm", b, s], "auto speed-up": base / times["auto", b, s],
+                         "comm share": 1 - comp / base, "amdahl bound": base / comp})
+        del model, variants, silent
         torch.cuda.empty_cache()
     return rows
 
@@ -65,19 +76,22 @@ def main() -> None:
     parser.add_argument("--world-size", type=int, default=2)
     parser.add_argument("--link", default="default", choices=["default", "p2p-disabled"])
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {list(MODELS)}")
+    parser.add_argument("--inductor-mode", default="default", choices=["default", "reduce-overhead"])
     args = parser.parse_args()
     models = args.models.split(",")
     unknown = set(models) - set(MODELS)
     if unknown:
         parser.error(f"--models: unknown {sorted(unknown)}; known {list(MODELS)}")
     os.environ["NCCL_P2P_DISABLE"] = "1" if args.link == "p2p-disabled" else "0"
-    rows = run_ranks(args.world_size, _rank_main, models, backend="nccl")[0]
+    rows = run_ranks(args.world_size, _rank_main, models, args.inductor_mode, backend="nccl")[0]
     env = environment()
-    print(f"\nprefill latency, {env['card']} x{args.world_size}, link {args.link}, flashcomm INT4/INT8 g128, "
-          f"torch {env['torch']}, NCCL {env['nccl']}, {env['date']}")
+    print(f"\nprefill latency, {env['card']} x{args.world_size}, link {args.link}, Inductor mode {args.inductor_mode}, "
+          f"flashcomm INT4/INT8 g128, torch {env['torch']}, NCCL {env['nccl']}, {env['date']}")
     print_table(rows, list(rows[0]))
     card = env["card"].replace(" ", "_")
-    write_json(f"ttft_{args.link}_{card}_w{args.world_size}.json", dict(environment=env, flashcomm=FLASHCOMM, rows=rows))
+    mode = "" if args.inductor_mode == "default" else f"_{args.inductor_mode}"
+    write_json(f"ttft_{args.link}_{card}_w{args.world_size}{mode}.json",
+               dict(environment=env, flashcomm=FLASHCOMM, inductor_mode=args.inductor_mode, rows=rows))
 
 
 if __name__ == "__main__":
