@@ -1,0 +1,32 @@
+"""The benchmark helpers whose output lands in the package or the docs: the cost-model fit and the launch pick."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.fit_cost_model import auto_worst_ratio, fit_line
+from benchmarks.kernel_bandwidth import fastest
+
+
+def test_fit_line_recovers_latency_and_bandwidth():
+    points = [(mb, 20.0 + 5.0 * mb) for mb in (0.1, 1.0, 10.0, 100.0)]
+    assert fit_line(points) == dict(latency_us=20.0, us_per_mb=5.0)
+
+
+def test_fit_line_keeps_the_latency_at_least_half_the_smallest_time():
+    points = [(1.0, 10.0), (100.0, 1000.0), (200.0, 2100.0)]  # least squares would put the latency below zero
+    assert fit_line(points)["latency_us"] == pytest.approx(5.0)
+
+
+def test_auto_worst_ratio_counts_only_sizes_it_rewrites():
+    rows = [dict(MB=1.0, **{"nccl us": 10.0, "X us": 30.0}), dict(MB=100.0, **{"nccl us": 100.0, "X us": 80.0})]
+    assert auto_worst_ratio(rows, "X", threshold_bytes=50e6) == 1.0  # 1 MB stays on NCCL
+    assert auto_worst_ratio(rows, "X", threshold_bytes=0) == 3.0
+
+
+def test_fastest_launch_per_kernel_in_flashcomm_launch_syntax():
+    rows = [dict(kernel="quantize", elements=2048, warps=4, ms=0.05),
+            dict(kernel="quantize", elements=8192, warps=4, ms=0.04),
+            dict(kernel="quantize", elements=8192, warps=8, error="OutOfResources"),
+            dict(kernel="dequantize", elements=4096, warps=8, ms=0.03)]
+    assert fastest(rows) == "quantize=8192x4,dequantize=4096x8"
