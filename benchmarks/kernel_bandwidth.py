@@ -91,7 +91,8 @@ def main() -> None:
         label = f"INT{reduce_bits}/INT{gather_bits}{'+spike' if spike else ''}"
         for name, fn, nbytes in _stages(x, reduce_bits, gather_bits, spike):
             ms = _time(fn)
-            rows.append(dict(kernel=name, config=label, ms=ms, GBps=_gbps(nbytes, ms), of_copy=_gbps(nbytes, ms) / copy_gbps))
+            gbps = _gbps(nbytes, ms)
+            rows.append(dict(kernel=name, config=label, ms=ms, GBps=gbps, of_copy=gbps / copy_gbps))
     env = environment()
     launch = {name: vars(launch) for name, launch in triton_kernels.LAUNCH.items()}
     print(f"kernel bandwidth, 64 MB bf16, W={WORLD}, group 128, {env['card']}, {env['date']}, launch {launch}")

@@ -25,7 +25,8 @@ class FlashCommConfig:
     spike_reserve: keep each group's largest and smallest value exactly (Flash Communication v2), for 2-bit codes.
     mode: "auto" rewrites where the size decision says it pays, "always" every eligible all-reduce, "never" none.
     min_bytes: in "auto" on hardware the cost table does not know, all-reduces smaller than this many bytes keep the
-        plain collective. 16 MiB: measured break-even on H200 NVLink lies at 8-13 MB (2 and 4 GPUs), 1-3 MB with P2P off.
+        plain collective. 16 MiB: the measured break-even on H200 NVLink lies at 8-13 MB (2 and 4 GPUs), 1-3 MB
+        with P2P off.
     backward: also rewrite all-reduces in backward graphs (off: training gradients stay exact).
     """
 

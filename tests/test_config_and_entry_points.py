@@ -40,14 +40,17 @@ def test_uuid_covers_the_config():
         assert FlashCommPass(FlashCommConfig(**change)).uuid() != base, change
 
 
-def test_uuid_covers_the_link_mode_and_assumed_hardware(monkeypatch):
+def test_uuid_covers_the_link_mode_launch_and_assumed_hardware(monkeypatch):
     from flashcomm_compile.cost_model import assume_hardware
 
     base = FlashCommPass(FlashCommConfig()).uuid()
     with assume_hardware("NVIDIA H200|default"):
         assert FlashCommPass(FlashCommConfig()).uuid() != base
+    monkeypatch.setenv("FLASHCOMM_LAUNCH", "quantize=8192x4")
+    launch = FlashCommPass(FlashCommConfig()).uuid()
+    assert launch != base
     monkeypatch.setenv("NCCL_P2P_DISABLE", "1")
-    assert FlashCommPass(FlashCommConfig()).uuid() != base
+    assert FlashCommPass(FlashCommConfig()).uuid() not in (base, launch)
 
 
 def _fn(x):

@@ -43,7 +43,8 @@ def parse_launch(spec: str) -> dict[str, Launch]:
         name, _, size = item.partition("=")
         elements, _, warps = size.partition("x")
         if name not in LAUNCH or not (elements.isdigit() and warps.isdigit()):
-            raise ValueError(f"FLASHCOMM_LAUNCH item {item!r}: expected KERNEL=ELEMENTSxWARPS, KERNEL in {list(LAUNCH)}")
+            raise ValueError(f"FLASHCOMM_LAUNCH item {item!r}: expected KERNEL=ELEMENTSxWARPS, "
+                             f"KERNEL in {list(LAUNCH)}")
         launches[name] = Launch(int(elements), int(warps))
     return launches
 

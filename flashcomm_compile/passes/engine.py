@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,12 +96,14 @@ class FlashCommPass(CustomGraphPass):
 
 def compile_environment() -> str:
     """What a rewrite depends on beyond the graph and the config. A graph names its process group ("0"), not the
-    group's size, which the replacement bakes in (all-to-all splits); the cost model reads the GPU and link mode."""
+    group's size, which the replacement bakes in (all-to-all splits); the cost model reads the GPU and link mode;
+    the compiled kernel launches follow FLASHCOMM_LAUNCH."""
     groups = []
     if dist.is_available() and dist.is_initialized():
         groups = sorted((name, pg.size()) for pg, name in dist.distributed_c10d._world.pg_names.items())
     card = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    return repr((groups, card, cost_model.link_mode(), cost_model.assumed_hardware()))
+    launch = os.environ.get("FLASHCOMM_LAUNCH", "")
+    return repr((groups, card, cost_model.link_mode(), cost_model.assumed_hardware(), launch))
 
 
 def _source_files() -> tuple[str, ...]:
