@@ -34,6 +34,7 @@ FLASHCOMM_VARIANTS = {
     "INT4/INT4": dict(reduce_bits=4, gather_bits=4),
     "INT2+spike/INT4": dict(reduce_bits=2, gather_bits=4, spike_reserve=True, group_size=32),
     "auto": dict(mode="auto"),  # the default config (INT4/INT8 g128) where the cost model predicts a gain
+    "INT4/INT8 x4 pieces": dict(reduce_bits=4, gather_bits=8, chunks=4),  # symbolic size: cut at run time
 }
 BREAKDOWN_SIZES = ((8192, 4096), (16384, 4096))
 BREAKDOWN_CONFIG = dict(reduce_bits=4, gather_bits=8, group_size=128, spike_reserve=False)

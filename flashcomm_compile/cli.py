@@ -30,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--spike-reserve", action="store_true")
     p.add_argument("--mode", choices=REWRITE_MODES, default="auto")
     p.add_argument("--min-bytes", type=int, default=FlashCommConfig.min_bytes)
+    p.add_argument("--chunks", type=int, default=FlashCommConfig.chunks, help="pieces per all-reduce, pipelined")
     p.add_argument("--hardware", help='predict with the measurements of e.g. "NVIDIA H200|default"')
     p.add_argument("--dynamic", action="store_true", help="trace with dynamic shapes")
     p.add_argument("--format", choices=("text", "json", "html"), default="text")
@@ -56,6 +57,12 @@ def _load_factory(target: str):
 def _inspect(args: argparse.Namespace) -> str:
     from .inspection import fake_process_group, inspect
 
+    options = dict(reduce_bits=args.reduce_bits, gather_bits=args.gather_bits, group_size=args.group_size,
+                   spike_reserve=args.spike_reserve, mode=args.mode, min_bytes=args.min_bytes, chunks=args.chunks)
+    try:
+        FlashCommConfig(**options)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
     factory = _load_factory(args.target)
     with fake_process_group(args.world_size):
         try:
@@ -64,9 +71,7 @@ def _inspect(args: argparse.Namespace) -> str:
             raise UsageError(f"factory {args.target} raised {type(e).__name__}: {e}") from e
         try:
             report = inspect(model, *example_inputs, world_size=args.world_size, hardware=args.hardware,
-                             dynamic=True if args.dynamic else None, reduce_bits=args.reduce_bits,
-                             gather_bits=args.gather_bits, group_size=args.group_size,
-                             spike_reserve=args.spike_reserve, mode=args.mode, min_bytes=args.min_bytes)
+                             dynamic=True if args.dynamic else None, **options)
         except Exception as e:  # noqa: BLE001
             raise UsageError(f"the model did not trace: {type(e).__name__}: {str(e).splitlines()[0]}") from e
     if args.format == "json":

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 SUPPORTED_BITS = (2, 4, 8)
+MAX_CHUNKS = 64
 SUPPORTED_GROUP_SIZES = (32, 64, 128, 256, 512, 1024)
 REWRITE_MODES = ("auto", "always", "never")
 
@@ -28,6 +29,9 @@ class FlashCommConfig:
         plain collective. 16 MiB: the measured break-even on H200 NVLink lies at 8-13 MB (2 and 4 GPUs), 1-3 MB
         with P2P off.
     backward: also rewrite all-reduces in backward graphs (off: training gradients stay exact).
+    chunks: cut each rewritten all-reduce into up to this many pieces whose pipelines overlap (a piece's all-to-all
+        runs while the next piece is quantized, ...), as the paper pipelines; 1 runs one pipeline. Not yet measured
+        on GPUs; pieces cost a final copy (the outputs are concatenated).
     """
 
     reduce_bits: int = 4
@@ -37,6 +41,7 @@ class FlashCommConfig:
     mode: str = "auto"
     min_bytes: int = 16 << 20
     backward: bool = False
+    chunks: int = 1
 
     def __post_init__(self) -> None:
         for name in ("reduce_bits", "gather_bits"):
@@ -48,6 +53,8 @@ class FlashCommConfig:
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if isinstance(self.min_bytes, bool) or not isinstance(self.min_bytes, int) or self.min_bytes < 0:
             raise ValueError(f"min_bytes must be a non-negative int, got {self.min_bytes!r}")
+        if isinstance(self.chunks, bool) or not isinstance(self.chunks, int) or not 1 <= self.chunks <= MAX_CHUNKS:
+            raise ValueError(f"chunks must be an int in [1, {MAX_CHUNKS}], got {self.chunks!r}")
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any] | None = None, **overrides: Any) -> "FlashCommConfig":
@@ -61,7 +68,8 @@ class FlashCommConfig:
 
     def describe(self) -> str:
         spike = "+spike" if self.spike_reserve else ""
-        return f"INT{self.reduce_bits}/INT{self.gather_bits}{spike} g{self.group_size} mode={self.mode}"
+        pieces = f" x{self.chunks} pieces" if self.chunks > 1 else ""
+        return f"INT{self.reduce_bits}/INT{self.gather_bits}{spike} g{self.group_size}{pieces} mode={self.mode}"
 
 
 def _check_choice(name: str, value: Any, choices: tuple) -> None:

@@ -29,10 +29,14 @@ class Rule:
 
 
 def quantized_all_reduce(site: Site, config: FlashCommConfig, decision: guards.Decision) -> Replacement:
-    """The two-step pipeline in place of the all-reduce, or one op choosing between them by the size at run time."""
-    if decision.runtime_threshold is None:
+    """The two-step pipeline in place of the all-reduce, or one op choosing between them by the size at run time
+    (also where pieces are asked for and the size is symbolic: they are cut when it is known)."""
+    threshold = decision.runtime_threshold
+    if threshold is None and config.chunks > 1 and not site.is_static:
+        threshold = 0
+    if threshold is None:
         return lambda inp: two_step_all_reduce(inp, site.group_name, site.world_size, config)
-    return lambda inp: all_reduce_by_size(inp, site.group_name, site.world_size, decision.runtime_threshold, config)
+    return lambda inp: all_reduce_by_size(inp, site.group_name, site.world_size, threshold, config)
 
 
 QUANTIZED_ALL_REDUCE = Rule(
