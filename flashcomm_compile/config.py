@@ -66,10 +66,15 @@ class FlashCommConfig:
             raise ValueError(f"unknown flashcomm option(s) {unknown}; known: {sorted(known)}")
         return cls(**merged)
 
-    def describe(self) -> str:
+    @property
+    def variant(self) -> str:
+        """The quantization, as the benchmarks and the cost table name it: "INT2+spike/INT4 g32"."""
         spike = "+spike" if self.spike_reserve else ""
+        return f"INT{self.reduce_bits}{spike}/INT{self.gather_bits} g{self.group_size}"
+
+    def describe(self) -> str:
         pieces = f" x{self.chunks} pieces" if self.chunks > 1 else ""
-        return f"INT{self.reduce_bits}/INT{self.gather_bits}{spike} g{self.group_size}{pieces} mode={self.mode}"
+        return f"{self.variant}{pieces} mode={self.mode}"
 
 
 def _check_choice(name: str, value: Any, choices: tuple) -> None:

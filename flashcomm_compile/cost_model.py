@@ -50,11 +50,6 @@ class Prediction:
         return max(0.0, (self.flashcomm.latency_us - SAFETY * self.nccl.latency_us) / gain * 1e6)
 
 
-def variant_name(config: FlashCommConfig) -> str:
-    spike = "+spike" if config.spike_reserve else ""
-    return f"INT{config.reduce_bits}{spike}/INT{config.gather_bits} g{config.group_size}"
-
-
 def link_mode() -> str:
     return "p2p-disabled" if os.environ.get("NCCL_P2P_DISABLE") == "1" else "default"
 
@@ -77,7 +72,7 @@ def assumed_hardware() -> str | None:
 
 
 def hardware_key(device: torch.device, world_size: int) -> str:
-    assumed = _assumed.get()
+    assumed = assumed_hardware()
     if assumed is not None:
         return f"{assumed}|w{world_size}"
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -93,6 +88,6 @@ def predict(device: torch.device, world_size: int, config: FlashCommConfig) -> P
     """The two lines for this hardware and config, or None where nothing was measured."""
     key = hardware_key(device, world_size)
     entry = _table().get(key, {})
-    if "nccl" not in entry or variant_name(config) not in entry:
+    if "nccl" not in entry or config.variant not in entry:
         return None
-    return Prediction(key, Line(**entry["nccl"]), Line(**entry[variant_name(config)]))
+    return Prediction(key, Line(**entry["nccl"]), Line(**entry[config.variant]))
