@@ -14,13 +14,12 @@ benchmarks/results/allreduce_<link>_<card>_w<W>.json; `benchmarks/plot_allreduce
 from __future__ import annotations
 
 import argparse
-import os
 
 import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 
-from benchmarks.common import environment, print_table, write_json
+from benchmarks.common import environment, print_table, use_link, write_json
 from flashcomm_compile.kernels import triton_kernels
 from flashcomm_compile.launch import run_ranks
 from flashcomm_compile.timing import graph_median_ms, median_ms
@@ -141,7 +140,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     for link in args.links.split(","):
-        os.environ["NCCL_P2P_DISABLE"] = "1" if link == "p2p-disabled" else "0"
+        use_link(link)
         print(f"link {link}:", flush=True)
         result = run_ranks(args.world_size, _rank_main, args.quick, backend="nccl")[0]
         env = environment()

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from flashcomm_compile.cost_model import link_mode
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -23,8 +25,13 @@ def environment() -> dict:
         card=torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu",
         gpus=torch.cuda.device_count() if cuda else 0, torch=torch.__version__, triton=triton.__version__,
         nccl=nccl, cuda=torch.version.cuda, python=platform.python_version(),
-        link="p2p-disabled" if os.environ.get("NCCL_P2P_DISABLE") == "1" else "default",
+        link=link_mode(),
     )
+
+
+def use_link(link: str) -> None:
+    """"default" or "p2p-disabled" (traffic through host memory), for the NCCL processes started after this call."""
+    os.environ["NCCL_P2P_DISABLE"] = "1" if link == "p2p-disabled" else "0"
 
 
 def write_json(name: str, payload: dict) -> Path:

@@ -63,8 +63,8 @@ def sweep(x: torch.Tensor, copy_gbps: float) -> list[dict]:
             except Exception as e:  # noqa: BLE001 - e.g. out of resources for a large tile: reported, skipped
                 rows.append(dict(kernel=name, elements=elements, warps=warps, error=f"{type(e).__name__}"))
                 continue
-            rows.append(dict(kernel=name, elements=elements, warps=warps, ms=ms, GBps=_gbps(nbytes, ms),
-                             of_copy=_gbps(nbytes, ms) / copy_gbps))
+            gbps = _gbps(nbytes, ms)
+            rows.append(dict(kernel=name, elements=elements, warps=warps, ms=ms, GBps=gbps, of_copy=gbps / copy_gbps))
         triton_kernels.LAUNCH[name] = chosen[name]
     return rows
 

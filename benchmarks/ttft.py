@@ -11,12 +11,11 @@ time spent communicating and the Amdahl bound on any speed-up from faster commun
 from __future__ import annotations
 
 import argparse
-import os
 
 import torch
 import torch.distributed as dist
 
-from benchmarks.common import environment, print_table, write_json
+from benchmarks.common import environment, print_table, use_link, write_json
 from flashcomm_compile.examples.llama import LlamaShape, build, shard_with_funcol
 from flashcomm_compile.launch import run_ranks
 from flashcomm_compile.timing import median_ms
@@ -82,7 +81,7 @@ def main() -> None:
     unknown = set(models) - set(MODELS)
     if unknown:
         parser.error(f"--models: unknown {sorted(unknown)}; known {list(MODELS)}")
-    os.environ["NCCL_P2P_DISABLE"] = "1" if args.link == "p2p-disabled" else "0"
+    use_link(args.link)
     rows = run_ranks(args.world_size, _rank_main, models, args.inductor_mode, backend="nccl")[0]
     env = environment()
     print(f"\nprefill latency, {env['card']} x{args.world_size}, link {args.link}, Inductor mode {args.inductor_mode}, "
