@@ -20,8 +20,11 @@ import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 
 from benchmarks.common import environment, print_table, use_link, write_json
+from flashcomm_compile.config import FlashCommConfig
 from flashcomm_compile.kernels import triton_kernels
+from flashcomm_compile.kernels.layout import PayloadLayout
 from flashcomm_compile.launch import run_ranks
+from flashcomm_compile.symmetric import SymmetricLayout, symmetric_all_reduce, workspace
 from flashcomm_compile.timing import graph_median_ms, median_ms
 
 HIDDENS = (4096, 8192)
@@ -34,7 +37,11 @@ FLASHCOMM_VARIANTS = {
     "INT2+spike/INT4": dict(reduce_bits=2, gather_bits=4, spike_reserve=True, group_size=32),
     "auto": dict(mode="auto"),  # the default config (INT4/INT8 g128) where the cost model predicts a gain
     "INT4/INT8 x4 pieces": dict(reduce_bits=4, gather_bits=8, chunks=4),  # symbolic size: cut at run time
+    "INT4/INT8 symm_mem": dict(reduce_bits=4, gather_bits=8, transport="symm_mem"),
+    "INT4/INT4 symm_mem": dict(reduce_bits=4, gather_bits=4, transport="symm_mem"),
 }
+# Symmetric memory reaches the peers over NVLink whatever NCCL_P2P_DISABLE says: timed in the default link mode only.
+SYMM_MEM_LINKS = ("default",)
 BREAKDOWN_SIZES = ((8192, 4096), (16384, 4096))
 BREAKDOWN_CONFIG = dict(reduce_bits=4, gather_bits=8, group_size=128, spike_reserve=False)
 
@@ -70,8 +77,30 @@ def _gpu_us(fn, device: torch.device, row: dict) -> float:
         return median_ms(fn, device, warmup=5, iters=30) * 1e3
 
 
-def _stage_breakdown(group_name: str, world: int, device: torch.device) -> list[dict]:
-    """GPU time of each stage of one INT4/INT8 all-reduce, each stage timed alone (eager ops, CUDA graph)."""
+def _symm_mem_stages(x: torch.Tensor, group_name: str, world: int) -> dict:
+    """The stages of the symmetric-memory pipeline for x, as calls to time alone."""
+    cfg = BREAKDOWN_CONFIG
+    layout = SymmetricLayout(PayloadLayout(x.numel(), world, cfg["reduce_bits"], cfg["group_size"],
+                                           cfg["spike_reserve"]), cfg["gather_bits"])
+    ws = workspace(group_name, x.device, layout.total_bytes)
+    payload = ws.buffer[:layout.reduced_offset].view(world, layout.stride)
+    reduced = ws.buffer[layout.reduced_offset:layout.reduced_offset + layout.reduced.chunk_bytes].view(1, -1)
+    offset = ws.handle.rank * layout.stride
+    config = FlashCommConfig(**cfg, transport="symm_mem")
+    return {
+        "symm quantize": lambda: triton_kernels.quantize(x, layout.payload, out=payload),
+        "symm barrier": lambda: ws.handle.barrier(channel=0),
+        "symm dequant-sum-requant (peer loads)": lambda: triton_kernels.dequant_sum_requant_peers(
+            ws.table, offset, layout.payload, cfg["gather_bits"], reduced),
+        "symm dequantize (peer loads)": lambda: triton_kernels.dequantize_peers(
+            ws.table, layout.reduced_offset, layout.reduced, x.dtype, x.shape),
+        "symm whole (eager)": lambda: symmetric_all_reduce(x, group_name, world, config),
+    }
+
+
+def _stage_breakdown(group_name: str, world: int, device: torch.device, link: str) -> list[dict]:
+    """GPU time of each stage of one INT4/INT8 all-reduce, each stage timed alone (eager ops, CUDA graph); the
+    symmetric-memory pipeline's too in the default link mode."""
     c10d, flashcomm = torch.ops._c10d_functional, torch.ops.flashcomm
     cfg = BREAKDOWN_CONFIG
     bits, gbits, g, spike = cfg["reduce_bits"], cfg["gather_bits"], cfg["group_size"], cfg["spike_reserve"]
@@ -96,17 +125,28 @@ def _stage_breakdown(group_name: str, world: int, device: torch.device) -> list[
         for name, fn in stages.items():
             row[f"{name} us"] = _gpu_us(fn, device, row)
         row["sum of stages us"] = sum(row[f"{n} us"] for n in list(stages)[:5])
+        if link in SYMM_MEM_LINKS:
+            try:
+                for name, fn in _symm_mem_stages(x, group_name, world).items():
+                    row[f"{name} us"] = _gpu_us(fn, device, row)
+            except Exception as e:  # noqa: BLE001 - reported beside the NCCL pipeline's stages
+                row["errors"] = [f"symm_mem stages: {type(e).__name__}: {e}"[:300]]
         rows.append(row)
     return rows
 
 
-def _rank_main(rank: int, world: int, quick: bool) -> dict:
+def _variants(link: str) -> dict[str, dict]:
+    return {name: config for name, config in FLASHCOMM_VARIANTS.items()
+            if config.get("transport") != "symm_mem" or link in SYMM_MEM_LINKS}
+
+
+def _rank_main(rank: int, world: int, quick: bool, link: str) -> dict:
     import flashcomm_compile
 
     device = torch.device("cuda", rank)
     group_name = dist.group.WORLD.group_name
     variants = {"nccl": _compiled_all_reduce(None, group_name)}
-    for name, config in FLASHCOMM_VARIANTS.items():
+    for name, config in _variants(link).items():
         backend = flashcomm_compile.backend(**{"mode": "always", **config})
         variants[name] = _compiled_all_reduce(backend, group_name)
     rows = []
@@ -117,9 +157,13 @@ def _rank_main(rank: int, world: int, quick: bool) -> dict:
         dist.all_reduce(exact)
         row = dict(tokens=tokens, hidden=hidden, MB=x.nbytes / 1e6)
         for name, fn in variants.items():
-            out = fn(x).float()  # a copy: CUDA graphs reuse the output buffer on the next replay
-            row[f"{name} err"] = ((out - exact).norm() / exact.norm()).item()
-            row[f"{name} us"] = _gpu_us(lambda: fn(x), device, row)
+            try:
+                out = fn(x).float()  # a copy: CUDA graphs reuse the output buffer on the next replay
+                row[f"{name} err"] = ((out - exact).norm() / exact.norm()).item()
+                row[f"{name} us"] = _gpu_us(lambda: fn(x), device, row)
+            except Exception as e:  # noqa: BLE001 - one broken variant is reported, the others still measured
+                row[f"{name} us"] = None
+                row.setdefault("errors", []).append(f"{name}: {type(e).__name__}: {e}"[:300])
         try:
             row["symm_mem two-shot us"] = _gpu_us(_symm_mem_two_shot(group_name, x), device, row)
         except Exception as e:  # noqa: BLE001 - reported in the table, the reference is optional
@@ -130,7 +174,7 @@ def _rank_main(rank: int, world: int, quick: bool) -> dict:
             print(f"  {tokens} x {hidden}: " + ", ".join(
                 f"{k.removesuffix(' us')} {v:.0f}" for k, v in row.items() if k.endswith(" us") and v), flush=True)
         torch.cuda.empty_cache()
-    return dict(rows=rows, breakdown=_stage_breakdown(group_name, world, device))
+    return dict(rows=rows, breakdown=_stage_breakdown(group_name, world, device, link))
 
 
 def main() -> None:
@@ -142,15 +186,17 @@ def main() -> None:
     for link in args.links.split(","):
         use_link(link)
         print(f"link {link}:", flush=True)
-        result = run_ranks(args.world_size, _rank_main, args.quick, backend="nccl")[0]
+        result = run_ranks(args.world_size, _rank_main, args.quick, link, backend="nccl")[0]
         env = environment()
         columns = ["tokens", "hidden", "MB", "nccl us", "symm_mem two-shot us"]
-        columns += [f"{n} us" for n in FLASHCOMM_VARIANTS] + [f"{n} err" for n in FLASHCOMM_VARIANTS]
+        columns += [f"{n} us" for n in _variants(link)] + [f"{n} err" for n in _variants(link)]
         print(f"\nall-reduce, GPU time per call (CUDA graph), {env['card']} x{args.world_size}, link {link}, "
               f"torch {env['torch']}, NCCL {env['nccl']}, {env['date']}")
         print_table(result["rows"], columns)
         fallbacks = {f for row in result["rows"] + result["breakdown"] for f in row.get("timing fallback", [])}
         print("timing fallbacks:", sorted(fallbacks) or "none")
+        print("errors:", sorted({e for row in result["rows"] + result["breakdown"] for e in row.get("errors", [])})
+              or "none")
         print("stages of one INT4/INT8 g128 all-reduce, each timed alone:")
         print_table(result["breakdown"], list(result["breakdown"][0]))
         card = env["card"].replace(" ", "_")

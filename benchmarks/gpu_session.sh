@@ -38,7 +38,7 @@ sweep() {  # times the launch candidates, then exports the fastest as FLASHCOMM_
   local fastest; fastest=$(grep -o '^FLASHCOMM_LAUNCH=.*' "$OUT/sweep.log" | cut -d= -f2-)
   [ -n "$fastest" ] && export FLASHCOMM_LAUNCH=$fastest && echo "using FLASHCOMM_LAUNCH=$fastest"
 }
-bandwidth() { _run bandwidth "${LIMIT:-200}" python3 -m benchmarks.kernel_bandwidth; }
+bandwidth() { _run bandwidth "${LIMIT:-200}" python3 -m benchmarks.kernel_bandwidth ${ARGS:-}; }
 allreduce() { _run "${LOG:-allreduce}" "${LIMIT:-500}" python3 -m benchmarks.allreduce ${ARGS:-}; }
 ttft() { _run "${LOG:-ttft}" "${LIMIT:-300}" python3 -m benchmarks.ttft ${ARGS:-}; }
 accuracy() { _run accuracy "${LIMIT:-300}" python3 -m benchmarks.accuracy ${ARGS:-}; }

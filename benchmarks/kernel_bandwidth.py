@@ -1,16 +1,20 @@
 """Bandwidth of the quantize / dequantize-sum-requantize / dequantize kernels next to a device-to-device copy, on one
 GPU, at 64 MB of bf16 (counting bytes read plus bytes written, as the copy is counted), timed in CUDA graphs.
 
-    PYTHONPATH=. python -m benchmarks.kernel_bandwidth [--sweep]
+    PYTHONPATH=. python -m benchmarks.kernel_bandwidth [--sweep] [--baseline PATH]
 
 --sweep also times every candidate launch (elements per program x warps) of each kernel for INT4/INT8 g128 and
 prints the fastest in FLASHCOMM_LAUNCH's syntax, which `triton_kernels.LAUNCH` is then set to.
+--baseline times another version of triton_kernels.py (e.g. `git show REV:flashcomm_compile/kernels/triton_kernels.py`
+saved under the ignored .device/) in the same run, beside the current one.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import itertools
+import sys
 
 import torch
 from triton.testing import do_bench_cudagraph
@@ -30,7 +34,17 @@ def _gbps(nbytes: int, ms: float) -> float:
     return nbytes / ms / 1e6
 
 
-def _stages(x: torch.Tensor, reduce_bits: int, gather_bits: int, spike: bool) -> list[tuple[str, object, int]]:
+def load_kernels(path: str):
+    """A triton_kernels.py from elsewhere, imported as a sibling of the current one (its relative imports resolve)."""
+    spec = importlib.util.spec_from_file_location("flashcomm_compile.kernels.baseline_kernels", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _stages(x: torch.Tensor, reduce_bits: int, gather_bits: int, spike: bool,
+            triton_kernels=triton_kernels) -> list[tuple[str, object, int]]:
     """(kernel name, call, bytes read + written) for the three kernels of one config."""
     layout = PayloadLayout(x.numel(), WORLD, reduce_bits, 128, spike)
     out_layout = layout.with_bits(gather_bits)
@@ -81,22 +95,28 @@ def fastest(sweep_rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--baseline", help="another triton_kernels.py to time beside the current one")
     args = parser.parse_args()
     x = torch.randn(NUMEL, device="cuda", dtype=torch.bfloat16)
     y = torch.empty_like(x)
     copy_ms = _time(lambda: y.copy_(x))
     copy_gbps = _gbps(2 * x.nbytes, copy_ms)
     rows = [dict(kernel="copy (d2d)", config="", ms=copy_ms, GBps=copy_gbps, of_copy=1.0)]
+    versions = {"current": triton_kernels}
+    if args.baseline:
+        versions["baseline"] = load_kernels(args.baseline)
     for reduce_bits, gather_bits, spike in CONFIGS:
         label = f"INT{reduce_bits}/INT{gather_bits}{'+spike' if spike else ''}"
-        for name, fn, nbytes in _stages(x, reduce_bits, gather_bits, spike):
-            ms = _time(fn)
-            gbps = _gbps(nbytes, ms)
-            rows.append(dict(kernel=name, config=label, ms=ms, GBps=gbps, of_copy=gbps / copy_gbps))
+        for version, module in versions.items():
+            for name, fn, nbytes in _stages(x, reduce_bits, gather_bits, spike, module):
+                ms = _time(fn)
+                gbps = _gbps(nbytes, ms)
+                rows.append(dict(kernel=name, config=label, version=version, ms=ms, GBps=gbps,
+                                 of_copy=gbps / copy_gbps))
     env = environment()
     launch = {name: vars(launch) for name, launch in triton_kernels.LAUNCH.items()}
     print(f"kernel bandwidth, 64 MB bf16, W={WORLD}, group 128, {env['card']}, {env['date']}, launch {launch}")
-    print_table(rows, ["kernel", "config", "ms", "GBps", "of_copy"])
+    print_table(rows, ["kernel", "config", "version", "ms", "GBps", "of_copy"])
     result = dict(environment=env, numel=NUMEL, world_size=WORLD, launch=launch, rows=rows)
     if args.sweep:
         result["sweep"] = sweep(x, copy_gbps)

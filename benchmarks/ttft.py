@@ -1,6 +1,7 @@
 """Prefill latency (time to first token) of Llama-shaped TP models with random weights: Inductor against the
-flashcomm backend ("always" and "auto"), and the same model with its all-reduces removed, which measures the share of
-time spent communicating and the Amdahl bound on any speed-up from faster communication.
+flashcomm backend ("always", "auto", and "symm_mem": always, over symmetric memory, in the default link mode only),
+and the same model with its all-reduces removed, which measures the share of time spent communicating and the Amdahl
+bound on any speed-up from faster communication.
 
     PYTHONPATH=. python -m benchmarks.ttft [--world-size 2] [--link default|p2p-disabled] [--models 8b,70b]
                                            [--inductor-mode default|reduce-overhead]
@@ -35,7 +36,7 @@ def _time_each_input(label: str, fn, inputs, name: str, rank: int, device: torch
             print(f"  {name} {b}x{s} {label}: {times[label, b, s]:.2f} ms", flush=True)
 
 
-def _rank_main(rank: int, world: int, models: list[str], inductor_mode: str) -> list[dict]:
+def _rank_main(rank: int, world: int, models: list[str], inductor_mode: str, link: str) -> list[dict]:
     import flashcomm_compile
 
     device = torch.device("cuda", rank)
@@ -50,21 +51,28 @@ def _rank_main(rank: int, world: int, models: list[str], inductor_mode: str) -> 
             "auto": flashcomm_compile.compile(model, mode="auto", inductor_mode=inductor_mode, dynamic=True,
                                               **FLASHCOMM),
         }
+        if link == "default":  # peers' memory is reached over NVLink whatever NCCL_P2P_DISABLE says: not with it
+            variants["symm_mem"] = flashcomm_compile.compile(model, mode="always", inductor_mode=inductor_mode,
+                                                             dynamic=True, transport="symm_mem", **FLASHCOMM)
         inputs = [torch.randn(b, s, shape.dim, device=device, dtype=torch.bfloat16) for b, s in BATCH_X_PROMPT]
         times = {}
         with torch.no_grad():
-            for label, fn in variants.items():
-                _time_each_input(label, fn, inputs, name, rank, device, times)
+            for label, fn in list(variants.items()):
+                try:
+                    _time_each_input(label, fn, inputs, name, rank, device, times)
+                except Exception as e:  # noqa: BLE001 - one broken variant is reported, the others still timed
+                    print(f"  rank {rank}: {label} failed: {type(e).__name__}: {e}"[:400], flush=True)
+                    del variants[label]
             for hook in model.all_reduce_hooks:
                 hook.remove()
             silent = torch.compile(model, mode=inductor_mode, dynamic=True)
             _time_each_input("no-comm", silent, inputs, name, rank, device, times)
         for b, s in BATCH_X_PROMPT:
             base, comp = times["inductor", b, s], times["no-comm", b, s]
-            rows.append({"model": name, "batch x prompt": f"{b}x{s}", "inductor ms": base,
-                         "flashcomm ms": times["flashcomm", b, s], "auto ms": times["auto", b, s], "no-comm ms": comp,
-                         "speed-up": base / times["flashcomm", b, s], "auto speed-up": base / times["auto", b, s],
-                         "comm share": 1 - comp / base, "amdahl bound": base / comp})
+            row = {"model": name, "batch x prompt": f"{b}x{s}"}
+            row.update({f"{label} ms": times[label, b, s] for label in [*variants, "no-comm"]})
+            row.update({f"{label} speed-up": base / times[label, b, s] for label in variants if label != "inductor"})
+            rows.append({**row, "comm share": 1 - comp / base, "amdahl bound": base / comp})
         del model, variants, silent
         torch.cuda.empty_cache()
     return rows
@@ -82,7 +90,7 @@ def main() -> None:
     if unknown:
         parser.error(f"--models: unknown {sorted(unknown)}; known {list(MODELS)}")
     use_link(args.link)
-    rows = run_ranks(args.world_size, _rank_main, models, args.inductor_mode, backend="nccl")[0]
+    rows = run_ranks(args.world_size, _rank_main, models, args.inductor_mode, args.link, backend="nccl")[0]
     env = environment()
     print(f"\nprefill latency, {env['card']} x{args.world_size}, link {args.link}, Inductor mode {args.inductor_mode}, "
           f"flashcomm INT4/INT8 g128, torch {env['torch']}, NCCL {env['nccl']}, {env['date']}")

@@ -11,7 +11,7 @@ import importlib
 import sys
 import traceback
 
-from .config import REWRITE_MODES, SUPPORTED_BITS, SUPPORTED_GROUP_SIZES, FlashCommConfig
+from .config import REWRITE_MODES, SUPPORTED_BITS, SUPPORTED_GROUP_SIZES, TRANSPORTS, FlashCommConfig
 
 
 class UsageError(Exception):
@@ -31,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=REWRITE_MODES, default="auto")
     p.add_argument("--min-bytes", type=int, default=FlashCommConfig.min_bytes)
     p.add_argument("--chunks", type=int, default=FlashCommConfig.chunks, help="pieces per all-reduce, pipelined")
+    p.add_argument("--transport", choices=TRANSPORTS, default=FlashCommConfig.transport)
     p.add_argument("--hardware", help='predict with the measurements of e.g. "NVIDIA H200|default"')
     p.add_argument("--dynamic", action="store_true", help="trace with dynamic shapes")
     p.add_argument("--format", choices=("text", "json", "html"), default="text")
@@ -58,7 +59,8 @@ def _inspect(args: argparse.Namespace) -> str:
     from .inspection import fake_process_group, inspect
 
     options = dict(reduce_bits=args.reduce_bits, gather_bits=args.gather_bits, group_size=args.group_size,
-                   spike_reserve=args.spike_reserve, mode=args.mode, min_bytes=args.min_bytes, chunks=args.chunks)
+                   spike_reserve=args.spike_reserve, mode=args.mode, min_bytes=args.min_bytes, chunks=args.chunks,
+                   transport=args.transport)
     try:
         FlashCommConfig(**options)
     except ValueError as e:

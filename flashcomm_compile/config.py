@@ -14,6 +14,7 @@ SUPPORTED_BITS = (2, 4, 8)
 MAX_CHUNKS = 64
 SUPPORTED_GROUP_SIZES = (32, 64, 128, 256, 512, 1024)
 REWRITE_MODES = ("auto", "always", "never")
+TRANSPORTS = ("nccl", "symm_mem")
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,9 @@ class FlashCommConfig:
     chunks: cut each rewritten all-reduce into up to this many pieces whose pipelines overlap (a piece's all-to-all
         runs while the next piece is quantized, ...), as the paper pipelines; 1 runs one pipeline. Not yet measured
         on GPUs; pieces cost a final copy (the outputs are concatenated).
+    transport: how the quantized bytes travel. "nccl": an all-to-all and an all-gather between the kernels.
+        "symm_mem": the kernels read their peers' buffers in symmetric memory (NVLink / P2P CUDA GPUs), no NCCL
+        call (`symmetric.py`); one pipeline, so chunks must be 1.
     """
 
     reduce_bits: int = 4
@@ -42,6 +46,7 @@ class FlashCommConfig:
     min_bytes: int = 16 << 20
     backward: bool = False
     chunks: int = 1
+    transport: str = "nccl"
 
     def __post_init__(self) -> None:
         for name in ("reduce_bits", "gather_bits"):
@@ -55,6 +60,9 @@ class FlashCommConfig:
             raise ValueError(f"min_bytes must be a non-negative int, got {self.min_bytes!r}")
         if isinstance(self.chunks, bool) or not isinstance(self.chunks, int) or not 1 <= self.chunks <= MAX_CHUNKS:
             raise ValueError(f"chunks must be an int in [1, {MAX_CHUNKS}], got {self.chunks!r}")
+        _check_choice("transport", self.transport, TRANSPORTS)
+        if self.transport == "symm_mem" and self.chunks != 1:
+            raise ValueError(f"chunks must be 1 with transport 'symm_mem', got {self.chunks}")
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any] | None = None, **overrides: Any) -> "FlashCommConfig":
@@ -68,9 +76,11 @@ class FlashCommConfig:
 
     @property
     def variant(self) -> str:
-        """The quantization, as the benchmarks and the cost table name it: "INT2+spike/INT4 g32"."""
+        """The quantization and transport, as the benchmarks and the cost table name it: "INT2+spike/INT4 g32",
+        "INT4/INT8 g128 symm_mem"."""
         spike = "+spike" if self.spike_reserve else ""
-        return f"INT{self.reduce_bits}{spike}/INT{self.gather_bits} g{self.group_size}"
+        transport = " symm_mem" if self.transport == "symm_mem" else ""
+        return f"INT{self.reduce_bits}{spike}/INT{self.gather_bits} g{self.group_size}{transport}"
 
     def describe(self) -> str:
         pieces = f" x{self.chunks} pieces" if self.chunks > 1 else ""

@@ -16,4 +16,5 @@ _common = dict(deadline=None, print_blob=True, suppress_health_check=[HealthChec
 settings.register_profile("dev", max_examples=15, **_common)
 settings.register_profile("ci", max_examples=25, **_common)
 settings.register_profile("gpu", max_examples=30, **_common)
+settings.register_profile("thorough", max_examples=300, **_common)  # after a kernel change
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))

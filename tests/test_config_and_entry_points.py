@@ -13,12 +13,19 @@ from flashcomm_compile.passes.engine import FlashCommPass
 @pytest.mark.parametrize("field, value", [
     ("reduce_bits", 3), ("gather_bits", 16), ("group_size", 100), ("mode", "sometimes"), ("min_bytes", -1),
     ("spike_reserve", 1), ("backward", "yes"), ("reduce_bits", True), ("chunks", 0), ("chunks", 65), ("chunks", True),
+    ("transport", "nvshmem"), ("transport", None),
 ])
 def test_invalid_config_value_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         FlashCommConfig(**{field: value})
     with pytest.raises(ValueError, match=field):
         flashcomm_compile.backend(**{field: value})
+
+
+def test_symm_mem_transport_runs_one_pipeline():
+    with pytest.raises(ValueError, match="chunks must be 1 with transport 'symm_mem'"):
+        FlashCommConfig(transport="symm_mem", chunks=4)
+    assert FlashCommConfig(transport="symm_mem").variant == "INT4/INT8 g128 symm_mem"
 
 
 def test_unknown_option_is_named():
@@ -36,7 +43,8 @@ def test_uuid_covers_the_config():
     base = FlashCommPass(FlashCommConfig()).uuid()
     assert FlashCommPass(FlashCommConfig()).uuid() == base
     for change in (dict(reduce_bits=8), dict(gather_bits=4), dict(group_size=64), dict(spike_reserve=True),
-                   dict(mode="always"), dict(min_bytes=0), dict(backward=True), dict(chunks=2)):
+                   dict(mode="always"), dict(min_bytes=0), dict(backward=True), dict(chunks=2),
+                   dict(transport="symm_mem")):
         assert FlashCommPass(FlashCommConfig(**change)).uuid() != base, change
 
 

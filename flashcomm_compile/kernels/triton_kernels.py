@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
+from . import reference
 from .layout import PayloadLayout
 
 
@@ -54,24 +55,50 @@ LAUNCH.update(parse_launch(os.environ.get("FLASHCOMM_LAUNCH", "")))
 
 @triton.jit
 def _pack(q, BITS: tl.constexpr, G: tl.constexpr, BLOCK_G: tl.constexpr):
+    """Codes [BLOCK_G, G] -> bytes [BLOCK_G, G * BITS / 8]; code i of a byte at bit i * BITS. Pairs are split off
+    the last axis (register moves) rather than shifted and summed over a 3-D reshape (layout conversions)."""
     if BITS == 8:
         packed = q
+    elif BITS == 4:
+        even, odd = tl.split(tl.reshape(q, (BLOCK_G, G // 2, 2)))
+        packed = even | (odd << 4)
     else:
-        PER: tl.constexpr = 8 // BITS
-        shifts = (tl.arange(0, PER) * BITS)[None, None, :]
-        packed = tl.sum(tl.reshape(q, (BLOCK_G, G // PER, PER)) << shifts, axis=2)
+        first, second = tl.split(tl.reshape(q, (BLOCK_G, G // 4, 2, 2)))
+        low, high = tl.split(first | (second << 2))
+        packed = low | (high << 4)
     return packed.to(tl.uint8)
 
 
 @triton.jit
 def _unpack(b, BITS: tl.constexpr, G: tl.constexpr, BLOCK_G: tl.constexpr):
+    """Bytes [BLOCK_G, G * BITS / 8] (int32) -> codes [BLOCK_G, G], the inverse of _pack, by interleaving."""
     if BITS == 8:
         q = b
+    elif BITS == 4:
+        q = tl.interleave(b & 15, b >> 4)
     else:
-        PER: tl.constexpr = 8 // BITS
-        shifts = (tl.arange(0, PER) * BITS)[None, None, :]
-        q = tl.reshape((b[:, :, None] >> shifts) & ((1 << BITS) - 1), (BLOCK_G, G))
+        q = tl.interleave(tl.interleave(b & 3, (b >> 4) & 3), tl.interleave((b >> 2) & 3, (b >> 6) & 3))
     return q
+
+
+TINY_SCALE: tl.constexpr = tl.constexpr(reference.TINY_SCALE)
+MAGIC: tl.constexpr = tl.constexpr(8388608.0)  # 2^23: a float in [2^23, 2^24) holds an integer in its mantissa bits
+MAGIC_BITS: tl.constexpr = tl.constexpr(0x4B000000)  # the bits of 2^23 as a float32
+
+
+@triton.jit
+def _floor_to_int(t):
+    """floor(t) as int32 for 0 <= t < 2^22 with adds and compares only: float <-> int conversions run at a quarter
+    of the arithmetic rate. t + 2^23 rounds t to the nearest integer; one less where that rounded up."""
+    big = t + MAGIC
+    nearest = big.to(tl.int32, bitcast=True) - MAGIC_BITS
+    return nearest - ((big - MAGIC) > t).to(tl.int32)
+
+
+@triton.jit
+def _to_float(q):
+    """int32 codes in [0, 2^23) -> float32, exactly, without a conversion instruction."""
+    return (q | MAGIC_BITS).to(tl.float32, bitcast=True) - MAGIC
 
 
 @triton.jit
@@ -99,10 +126,11 @@ def _quantize_tile(x, BITS: tl.constexpr, G: tl.constexpr, SPIKE: tl.constexpr, 
     scale = tl.where(nonfinite, float("nan"), mx / LEVELS - mn / LEVELS)
     zero = tl.where(nonfinite, float("nan"), mn)
     safe = tl.where(scale > 0, scale, 1.0)
-    v = tl.floor((x - zero[:, None]) / safe[:, None] + 0.5)
-    v = tl.where(v == v, v, 0.0)
-    q = tl.minimum(tl.maximum(v, 0.0), LEVELS).to(tl.int32)
-    return _pack(q, BITS, G, BLOCK_G), scale, zero, hi, lo, hi_index, lo_index
+    prescale = tl.where(safe < TINY_SCALE, 1.0 / TINY_SCALE, 1.0)
+    inverse = tl.math.div_rn(1.0, safe * prescale)
+    v = (x - zero[:, None]) * prescale[:, None] * inverse[:, None]
+    v = tl.minimum(tl.maximum(tl.where(v == v, v, 0.0), 0.0), LEVELS)
+    return _pack(_floor_to_int(v + 0.5), BITS, G, BLOCK_G), scale, zero, hi, lo, hi_index, lo_index
 
 
 @triton.jit
@@ -133,7 +161,7 @@ def _load_groups(u8, f32, i16, base, group, groups_per_chunk, valid, BITS: tl.co
     meta = start // 4 + group
     scale = tl.load(f32 + meta, mask=valid, other=0.0)
     zero = tl.load(f32 + meta + groups_per_chunk, mask=valid, other=0.0)
-    v = q.to(tl.float32) * scale[:, None] + zero[:, None]
+    v = _to_float(q) * scale[:, None] + zero[:, None]
     if SPIKE:
         column = tl.arange(0, G)[None, :]
         hi = tl.load(f32 + meta + 2 * groups_per_chunk, mask=valid, other=0.0)
@@ -187,18 +215,61 @@ def dequantize_kernel(u8, f32, i16, out, numel, total_groups, groups_per_chunk, 
     tl.store(out + offsets, values.to(out.dtype.element_ty), mask=offsets < numel)
 
 
+@triton.jit
+def _peer_chunk(table, rank, offset):
+    """Byte pointer `offset` bytes into `rank`'s symmetric buffer; `table` holds the buffers' addresses. The layout
+    keeps every field 16-byte aligned, which the compiler is told so that the loads stay vectorised."""
+    return tl.multiple_of((tl.load(table + rank) + offset).to(tl.pointer_type(tl.uint8)), 16)
+
+
+@triton.jit
+def dequant_sum_requant_peers_kernel(table, in_offset, out_u8, out_f32, out_i16, groups_per_chunk,
+                                     WORLD: tl.constexpr, IN_BITS: tl.constexpr, OUT_BITS: tl.constexpr,
+                                     G: tl.constexpr, SPIKE: tl.constexpr, BLOCK_G: tl.constexpr):
+    """dequant_sum_requant_kernel reading each source's chunk straight from that rank's buffer (the all-to-all
+    folded into the loads); sums in the same source order, so the bytes equal the all-to-all path's."""
+    group = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
+    valid = group < groups_per_chunk
+    base = tl.zeros((BLOCK_G,), tl.int64)
+    total = tl.zeros((BLOCK_G, G), tl.float32)
+    for source in tl.static_range(WORLD):
+        chunk = _peer_chunk(table, source, in_offset)
+        total += _load_groups(chunk, chunk.to(tl.pointer_type(tl.float32)), chunk.to(tl.pointer_type(tl.int16)),
+                              base, group, groups_per_chunk, valid, IN_BITS, G, SPIKE, BLOCK_G)
+    packed, scale, zero, hi, lo, hi_index, lo_index = _quantize_tile(total, OUT_BITS, G, SPIKE, BLOCK_G)
+    _store_groups(out_u8, out_f32, out_i16, base, group, groups_per_chunk, valid, packed, scale, zero, hi, lo,
+                  hi_index, lo_index, OUT_BITS, G, SPIKE)
+
+
+@triton.jit
+def dequantize_peers_kernel(table, in_offset, out, numel, groups_per_chunk, BITS: tl.constexpr, G: tl.constexpr,
+                            SPIKE: tl.constexpr, BLOCK_G: tl.constexpr):
+    """dequantize_kernel reading chunk c straight from rank c's buffer (the all-gather folded into the loads);
+    program (i, c) handles block i of chunk c."""
+    source = tl.program_id(1)
+    group = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
+    valid = group < groups_per_chunk
+    chunk = _peer_chunk(table, source, in_offset)
+    values = _load_groups(chunk, chunk.to(tl.pointer_type(tl.float32)), chunk.to(tl.pointer_type(tl.int16)),
+                          tl.zeros((BLOCK_G,), tl.int64), group, groups_per_chunk, valid, BITS, G, SPIKE, BLOCK_G)
+    offsets = (source * groups_per_chunk + group).to(tl.int64)[:, None] * G + tl.arange(0, G)[None, :]
+    tl.store(out + offsets, values.to(out.dtype.element_ty), mask=valid[:, None] & (offsets < numel))
+
+
 def _views(payload: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     flat = payload.reshape(-1)
     return flat, flat.view(torch.float32), flat.view(torch.int16)
 
 
-def quantize(x: torch.Tensor, layout: PayloadLayout) -> torch.Tensor:
-    out = torch.empty((layout.world_size, layout.chunk_bytes), dtype=torch.uint8, device=x.device)
+def quantize(x: torch.Tensor, layout: PayloadLayout, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The payload [W, chunk_bytes]; or written into `out`, uint8 [W, stride >= chunk_bytes], chunk c at row c."""
+    if out is None:
+        out = torch.empty((layout.world_size, layout.chunk_bytes), dtype=torch.uint8, device=x.device)
     total_groups = layout.world_size * layout.groups_per_chunk
     launch = LAUNCH["quantize"]
     block = launch.block_groups(layout.group_size)
     wrap_triton(quantize_kernel)[(triton.cdiv(total_groups, block),)](
-        x.contiguous(), *_views(out), x.numel(), total_groups, layout.groups_per_chunk, layout.chunk_bytes,
+        x.contiguous(), *_views(out), x.numel(), total_groups, layout.groups_per_chunk, out.stride(0),
         BITS=layout.bits, G=layout.group_size, SPIKE=layout.spike_reserve, BLOCK_G=block, num_warps=launch.warps)
     return out
 
@@ -224,4 +295,29 @@ def dequantize(gathered: torch.Tensor, layout: PayloadLayout, dtype: torch.dtype
         *_views(gathered.contiguous()), out, layout.numel, total_groups, layout.groups_per_chunk,
         layout.chunk_bytes, BITS=layout.bits, G=layout.group_size, SPIKE=layout.spike_reserve, BLOCK_G=block,
         num_warps=launch.warps)
+    return out
+
+
+def dequant_sum_requant_peers(table: torch.Tensor, offset: int, layout: PayloadLayout, out_bits: int,
+                              out: torch.Tensor) -> torch.Tensor:
+    """dequant_sum_requant of the chunks that every rank holds `offset` bytes into its symmetric buffer (`table`:
+    the int64 addresses of the ranks' buffers; every address + offset 16-byte aligned), written into `out`."""
+    launch = LAUNCH["dequant_sum_requant"]
+    block = launch.block_groups(layout.group_size)
+    dequant_sum_requant_peers_kernel[(triton.cdiv(layout.groups_per_chunk, block),)](
+        table, offset, *_views(out), layout.groups_per_chunk, WORLD=layout.world_size,
+        IN_BITS=layout.bits, OUT_BITS=out_bits, G=layout.group_size, SPIKE=layout.spike_reserve, BLOCK_G=block,
+        num_warps=launch.warps)
+    return out
+
+
+def dequantize_peers(table: torch.Tensor, offset: int, layout: PayloadLayout, dtype: torch.dtype,
+                     shape) -> torch.Tensor:
+    """dequantize of the chunks that every rank holds `offset` bytes into its symmetric buffer (aligned as above)."""
+    out = torch.empty(shape, dtype=dtype, device=table.device)
+    launch = LAUNCH["dequantize"]
+    block = launch.block_groups(layout.group_size)
+    dequantize_peers_kernel[(triton.cdiv(layout.groups_per_chunk, block), layout.world_size)](
+        table, offset, out, layout.numel, layout.groups_per_chunk, BITS=layout.bits, G=layout.group_size,
+        SPIKE=layout.spike_reserve, BLOCK_G=block, num_warps=launch.warps)
     return out

@@ -53,6 +53,8 @@ def quantized_all_reduce(site: Site, config: FlashCommConfig) -> Decision:
     ineligible = eligibility(site)
     if ineligible is not None:
         return ineligible
+    if config.transport == "symm_mem" and site.value.device.type != "cuda" and cost_model.assumed_hardware() is None:
+        return keep(f"transport symm_mem needs CUDA tensors, not {site.value.device.type}")
     if config.mode == "never":
         return keep("mode never")
     if config.mode == "always":

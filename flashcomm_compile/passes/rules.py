@@ -11,6 +11,7 @@ from torch._inductor.pattern_matcher import CallFunction, KeywordArg, PatternExp
 
 from ..collective import all_reduce_by_size, two_step_all_reduce
 from ..config import FlashCommConfig
+from ..symmetric import symm_mem_all_reduce
 from . import guards
 from .site import Site
 
@@ -30,8 +31,11 @@ class Rule:
 
 def quantized_all_reduce(site: Site, config: FlashCommConfig, decision: guards.Decision) -> Replacement:
     """The two-step pipeline in place of the all-reduce, or one op choosing between them by the size at run time
-    (also where pieces are asked for and the size is symbolic: they are cut when it is known)."""
+    (also where pieces are asked for and the size is symbolic: they are cut when it is known). Over symmetric
+    memory the pipeline is one op either way."""
     threshold = decision.runtime_threshold
+    if config.transport == "symm_mem":
+        return lambda inp: symm_mem_all_reduce(inp, site.group_name, site.world_size, threshold or 0, config)
     if threshold is None and config.chunks > 1 and not site.is_static:
         threshold = 0
     if threshold is None:

@@ -72,3 +72,47 @@ def test_llama_on_nccl(inductor_mode):
         assert r["rewritten"] == 8
         assert r["error"] < 0.03, r["error"]
     assert torch.equal(ranks[0]["out"], ranks[1]["out"])
+
+
+def _symm_mem_sites(rank, world):
+    """transport symm_mem, compiled with dynamic sizes: two sizes (the workspace grows), then replays of a CUDA graph;
+    each result against the NCCL transport's compiled result, which must be the same bytes."""
+    import flashcomm_compile
+
+    def compiled(**options):
+        backend = flashcomm_compile.backend(mode="always", reduce_bits=4, gather_bits=8, **options)
+        fn = torch.compile(lambda t: funcol.all_reduce(t, "sum", dist.group.WORLD), backend=backend, dynamic=True)
+        return fn, backend
+
+    symm, symm_backend = compiled(transport="symm_mem")
+    nccl, _ = compiled()
+    gen = torch.Generator("cuda").manual_seed(rank)
+    results = []
+    for rows in (64, 3000):
+        x = torch.randn(rows, 4096 + 64, device="cuda", dtype=torch.bfloat16, generator=gen)
+        results.append(torch.equal(symm(x), nccl(x)))
+    x = torch.randn(1000, 4096, device="cuda", dtype=torch.bfloat16, generator=gen)
+    expected = nccl(x)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        symm(x)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = symm(x)
+    for _ in range(3):
+        x.copy_(torch.randn(x.shape, device="cuda", dtype=x.dtype, generator=gen))
+        expected = nccl(x)
+        graph.replay()
+        results.append(torch.equal(out, expected))
+    symm_ops = sum(g.op_counts["flashcomm.symm_mem_all_reduce.default"] for g in symm_backend.records)
+    return dict(results=results, out=out.cpu(), symm_ops=symm_ops)
+
+
+def test_symm_mem_transport_gives_the_nccl_transports_bytes():
+    ranks = run_ranks(2, _symm_mem_sites, backend="nccl")
+    for r in ranks:
+        assert all(r["results"]), r["results"]
+        assert r["symm_ops"] >= 1
+    assert torch.equal(ranks[0]["out"], ranks[1]["out"])

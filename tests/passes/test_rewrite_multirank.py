@@ -96,7 +96,8 @@ def _untouched(rank, world):
 
     x, i = torch.randn(64, 256), torch.arange(10) + rank
     out = {}
-    for label, config in (("auto", dict(mode="auto", min_bytes=1 << 20)), ("never", dict(mode="never"))):
+    for label, config in (("auto", dict(mode="auto", min_bytes=1 << 20)), ("never", dict(mode="never")),
+                          ("symm_mem on cpu", dict(mode="always", transport="symm_mem"))):
         compiled, backend = _compile(f, **config)
         with inductor_config.patch(fx_graph_cache=False):
             got = compiled(x, i)
@@ -112,6 +113,9 @@ def test_ineligible_all_reduces_stay_exactly_as_they_were():
     assert result["auto"]["exact"] and result["never"]["exact"]
     assert result["auto"]["reasons"] == ["reduce op max", "dtype int64", "below min_bytes (2048 < 1048576)"]
     assert result["never"]["reasons"] == ["reduce op max", "dtype int64", "mode never"]
+    symm_mem = result["symm_mem on cpu"]
+    assert symm_mem["same_graph"] and symm_mem["exact"]
+    assert symm_mem["reasons"] == ["reduce op max", "dtype int64"] + ["transport symm_mem needs CUDA tensors, not cpu"]
 
 
 def _group_spellings(rank, world):

@@ -1,0 +1,55 @@
+"""The symmetric-memory kernels, which read their inputs from every rank's buffer through a table of addresses,
+against the all-to-all path's kernels: W simulated ranks in one process, each rank's "symmetric buffer" a tensor of
+this process whose address goes into the table. Payloads, gathered chunks and outputs must be the same bytes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import assume, given, strategies as st
+
+from flashcomm_compile.kernels import triton_kernels
+from flashcomm_compile.symmetric import SymmetricLayout
+from tests.kernels.simulate import simulate
+from tests.kernels.test_triton_kernels import DEVICES
+from tests.strategies import BITS, DISTRIBUTIONS, DTYPES, GROUP_SIZES, interpreter_misreads, make_activation
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@given(world=st.integers(1, 8), dtype=st.sampled_from(DTYPES), distribution=st.sampled_from(DISTRIBUTIONS),
+       numel=st.integers(1, 2500), seed=st.integers(0, 2**31 - 1), reduce_bits=st.sampled_from(BITS),
+       gather_bits=st.sampled_from(BITS), group_size=st.sampled_from(GROUP_SIZES), spike=st.booleans())
+def test_peer_kernels_give_the_all_to_all_paths_bytes(device, world, dtype, distribution, numel, seed, reduce_bits,
+                                                      gather_bits, group_size, spike):
+    assume(not interpreter_misreads(device, dtype, distribution))
+    inputs = [make_activation(numel, dtype, distribution, seed + r, world).to(device) for r in range(world)]
+    expected, layout = simulate(triton_kernels, inputs, reduce_bits, gather_bits, group_size, spike)
+    symmetric = SymmetricLayout(layout, gather_bits)
+    buffers = [torch.full((symmetric.total_bytes,), 0xAB, dtype=torch.uint8, device=device) for _ in inputs]
+    table = torch.tensor([b.data_ptr() for b in buffers], dtype=torch.int64, device=device)
+    payloads = [b[:symmetric.reduced_offset].view(world, symmetric.stride) for b in buffers]
+    for x, payload in zip(inputs, payloads):
+        triton_kernels.quantize(x, layout, out=payload)
+    reduced_bytes = slice(symmetric.reduced_offset, symmetric.reduced_offset + symmetric.reduced.chunk_bytes)
+    for rank, buffer in enumerate(buffers):
+        triton_kernels.dequant_sum_requant_peers(table, rank * symmetric.stride, layout, gather_bits,
+                                                 buffer[reduced_bytes].view(1, -1))
+    outputs = [triton_kernels.dequantize_peers(table, symmetric.reduced_offset, symmetric.reduced, dtype, x.shape)
+               for x in inputs]
+
+    for payload, sent in zip(payloads, expected.sent):
+        assert torch.equal(payload[:, :layout.chunk_bytes], sent)
+    assert torch.equal(torch.cat([b[reduced_bytes] for b in buffers]), expected.gathered.reshape(-1))
+    for out in outputs:
+        assert torch.equal(out.view(torch.uint8), expected.outputs[0].view(torch.uint8))
+
+
+def test_symmetric_layout_aligns_every_chunk():
+    from flashcomm_compile.kernels.layout import PayloadLayout
+
+    layout = SymmetricLayout(PayloadLayout(1000, 3, 2, 32, True), 4)  # 28-byte groups: chunks not 16-aligned
+    assert layout.payload.chunk_bytes % 16 != 0
+    assert layout.stride % 16 == 0 and layout.stride >= layout.payload.chunk_bytes
+    assert layout.reduced_offset == 3 * layout.stride
+    assert layout.total_bytes % 16 == 0
+    assert layout.total_bytes - layout.reduced_offset >= layout.reduced.chunk_bytes
