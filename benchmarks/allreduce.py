@@ -6,6 +6,7 @@ GPU time per all-reduce: 10 back-to-back calls captured in one CUDA graph, media
 (`timing.graph_median_ms`). Where capture fails the row says so and falls back to timing single calls.
 
     PYTHONPATH=. python -m benchmarks.allreduce [--world-size 2] [--links default,p2p-disabled] [--quick]
+    PYTHONPATH=. python -m benchmarks.allreduce --symm-sweep   # launches of the peer-load kernels, 134 MB
 
 Each link mode runs in fresh processes (NCCL reads NCCL_P2P_DISABLE at start-up). Prints a table per mode and writes
 benchmarks/results/allreduce_<link>_<card>_w<W>.json; `benchmarks/plot_allreduce.py` draws them.
@@ -14,12 +15,14 @@ benchmarks/results/allreduce_<link>_<card>_w<W>.json; `benchmarks/plot_allreduce
 from __future__ import annotations
 
 import argparse
+import itertools
 
 import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 
 from benchmarks.common import environment, print_table, use_link, write_json
+from benchmarks.kernel_bandwidth import SWEEP_ELEMENTS, SWEEP_WARPS, fastest
 from flashcomm_compile.config import FlashCommConfig
 from flashcomm_compile.kernels import triton_kernels
 from flashcomm_compile.kernels.layout import PayloadLayout
@@ -96,6 +99,25 @@ def _symm_mem_stages(x: torch.Tensor, group_name: str, world: int) -> dict:
             ws.table, layout.reduced_offset, layout.reduced, x.dtype, x.shape),
         "symm whole (eager)": lambda: symmetric_all_reduce(x, group_name, world, config),
     }
+
+
+def _symm_mem_sweep(group_name: str, world: int, device: torch.device) -> list[dict]:
+    """Every candidate launch of the two peer-load kernels at the largest breakdown size, each timed alone."""
+    tokens, hidden = BREAKDOWN_SIZES[-1]
+    x = torch.randn(tokens, hidden, device=device, dtype=torch.bfloat16)
+    stages = _symm_mem_stages(x, group_name, world)
+    stages["symm quantize"]()
+    rows = []
+    for kernel, stage in (("dequant_sum_requant_peers", "symm dequant-sum-requant (peer loads)"),
+                          ("dequantize_peers", "symm dequantize (peer loads)")):
+        chosen = triton_kernels.LAUNCH[kernel]
+        for elements, warps in itertools.product(SWEEP_ELEMENTS, SWEEP_WARPS):
+            triton_kernels.LAUNCH[kernel] = triton_kernels.Launch(elements, warps)
+            row = dict(kernel=kernel, elements=elements, warps=warps)
+            row["ms"] = _gpu_us(stages[stage], device, row) / 1e3
+            rows.append(row)
+        triton_kernels.LAUNCH[kernel] = chosen
+    return rows
 
 
 def _stage_breakdown(group_name: str, world: int, device: torch.device, link: str) -> list[dict]:
@@ -177,12 +199,23 @@ def _rank_main(rank: int, world: int, quick: bool, link: str) -> dict:
     return dict(rows=rows, breakdown=_stage_breakdown(group_name, world, device, link))
 
 
+def _sweep_main(rank: int, world: int) -> list[dict]:
+    return _symm_mem_sweep(dist.group.WORLD.group_name, world, torch.device("cuda", rank))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--world-size", type=int, default=2)
     parser.add_argument("--links", default="default,p2p-disabled")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--symm-sweep", action="store_true", help="only time the peer-load kernels' launches")
     args = parser.parse_args()
+    if args.symm_sweep:
+        rows = run_ranks(args.world_size, _sweep_main, backend="nccl")[0]
+        print_table(rows, ["kernel", "elements", "warps", "ms"])
+        print(f"FLASHCOMM_LAUNCH={fastest(rows)}")
+        write_json(f"symm_sweep_{environment()['card'].replace(' ', '_')}_w{args.world_size}.json", dict(rows=rows))
+        return
     for link in args.links.split(","):
         use_link(link)
         print(f"link {link}:", flush=True)

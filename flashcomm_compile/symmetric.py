@@ -12,6 +12,7 @@ own dequantize, the last reader of the requantized chunks).
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -76,16 +77,42 @@ def workspace(group_name: str, device: torch.device, nbytes: int) -> Workspace:
         raise RuntimeError(f"flashcomm symm_mem: an all-reduce needs a {nbytes}-byte workspace, more than the "
                            f"{0 if current is None else current.buffer.numel()} bytes allocated, during CUDA graph "
                            "capture; run the model once with the largest input before capturing")
+    size = max(MIN_WORKSPACE_BYTES, 1 << (nbytes - 1).bit_length())
+    created = _outside_graph_pools(_create, group_name, device, size)
+    if current is not None:
+        _outgrown.append(current)
+    _workspaces[key] = created
+    return created
+
+
+def _create(group_name: str, device: torch.device, size: int) -> Workspace:
     import torch.distributed._symmetric_memory as symm_mem
 
-    size = max(MIN_WORKSPACE_BYTES, 1 << (nbytes - 1).bit_length())
     buffer = symm_mem.empty(size, dtype=torch.uint8, device=device)
     handle = symm_mem.rendezvous(buffer, group_name)
     table = torch.tensor(handle.buffer_ptrs, dtype=torch.int64, device=device)
-    if current is not None:
-        _outgrown.append(current)
-    _workspaces[key] = Workspace(buffer, handle, table)
-    return _workspaces[key]
+    return Workspace(buffer, handle, table)
+
+
+def _outside_graph_pools(fn, *args):
+    """fn(*args) on a fresh thread. The workspace outlives the call that creates it, but under Inductor's CUDA graphs
+    (mode="reduce-overhead") that call is a warm-up whose thread allocates from the graph's private pool, which then
+    refuses untracked live tensors (the address table, and the handle's own device arrays). Pools are per thread."""
+    result, error = [], []
+
+    def run():
+        try:
+            torch.cuda.set_device(args[1])
+            result.append(fn(*args))
+        except BaseException as e:  # noqa: BLE001 - re-raised on the calling thread
+            error.append(e)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if error:
+        raise error[0]
+    return result[0]
 
 
 def symmetric_all_reduce(x: torch.Tensor, group_name: str, world_size: int, config: FlashCommConfig) -> torch.Tensor:

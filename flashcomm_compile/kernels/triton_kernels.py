@@ -34,7 +34,8 @@ class Launch:
         return max(1, self.elements // group_size)
 
 
-LAUNCH = {"quantize": Launch(2048, 4), "dequant_sum_requant": Launch(2048, 4), "dequantize": Launch(2048, 4)}
+LAUNCH = {"quantize": Launch(2048, 4), "dequant_sum_requant": Launch(2048, 4), "dequantize": Launch(2048, 4),
+          "dequant_sum_requant_peers": Launch(2048, 4), "dequantize_peers": Launch(2048, 4)}
 
 
 def parse_launch(spec: str) -> dict[str, Launch]:
@@ -123,7 +124,8 @@ def _quantize_tile(x, BITS: tl.constexpr, G: tl.constexpr, SPIKE: tl.constexpr, 
         mn = tl.min(x, axis=1)
         hi = mx
         lo = mn
-    scale = tl.where(nonfinite, float("nan"), mx / LEVELS - mn / LEVELS)
+    # correctly rounded divisions: x / L - y / L may otherwise contract into an FMA, nonzero (even negative) for x == y
+    scale = tl.where(nonfinite, float("nan"), tl.math.div_rn(mx, LEVELS) - tl.math.div_rn(mn, LEVELS))
     zero = tl.where(nonfinite, float("nan"), mn)
     safe = tl.where(scale > 0, scale, 1.0)
     prescale = tl.where(safe < TINY_SCALE, 1.0 / TINY_SCALE, 1.0)
@@ -302,7 +304,7 @@ def dequant_sum_requant_peers(table: torch.Tensor, offset: int, layout: PayloadL
                               out: torch.Tensor) -> torch.Tensor:
     """dequant_sum_requant of the chunks that every rank holds `offset` bytes into its symmetric buffer (`table`:
     the int64 addresses of the ranks' buffers; every address + offset 16-byte aligned), written into `out`."""
-    launch = LAUNCH["dequant_sum_requant"]
+    launch = LAUNCH["dequant_sum_requant_peers"]
     block = launch.block_groups(layout.group_size)
     dequant_sum_requant_peers_kernel[(triton.cdiv(layout.groups_per_chunk, block),)](
         table, offset, *_views(out), layout.groups_per_chunk, WORLD=layout.world_size,
@@ -315,7 +317,7 @@ def dequantize_peers(table: torch.Tensor, offset: int, layout: PayloadLayout, dt
                      shape) -> torch.Tensor:
     """dequantize of the chunks that every rank holds `offset` bytes into its symmetric buffer (aligned as above)."""
     out = torch.empty(shape, dtype=dtype, device=table.device)
-    launch = LAUNCH["dequantize"]
+    launch = LAUNCH["dequantize_peers"]
     block = launch.block_groups(layout.group_size)
     dequantize_peers_kernel[(triton.cdiv(layout.groups_per_chunk, block), layout.world_size)](
         table, offset, out, layout.numel, layout.groups_per_chunk, BITS=layout.bits, G=layout.group_size,

@@ -19,6 +19,7 @@ def test_parse_launch_names_the_bad_item(spec):
 
 
 def test_every_kernel_has_a_launch_that_holds_whole_groups():
-    assert set(triton_kernels.LAUNCH) == {"quantize", "dequant_sum_requant", "dequantize"}
+    assert set(triton_kernels.LAUNCH) == {"quantize", "dequant_sum_requant", "dequantize", "dequant_sum_requant_peers",
+                                          "dequantize_peers"}
     for launch in triton_kernels.LAUNCH.values():
         assert launch.block_groups(1024) >= 1 and launch.block_groups(32) * 32 <= max(launch.elements, 32)

@@ -1,5 +1,6 @@
-"""On 2 GPUs with NCCL: the compiled Triton pipeline against its eager kernels and the bound, and the Llama TP model
-with Inductor's default mode and with CUDA graphs (mode="reduce-overhead")."""
+"""On 2 GPUs with NCCL: the compiled Triton pipeline against its eager kernels and the bound, the symmetric-memory
+transport against the NCCL transport, and the Llama TP model on both transports with Inductor's default mode and with
+CUDA graphs (mode="reduce-overhead")."""
 
 from __future__ import annotations
 
@@ -46,13 +47,13 @@ def test_compiled_pipeline_on_nccl_matches_kernels_and_bound():
     assert torch.equal(ranks[0]["out"], ranks[1]["out"])
 
 
-def _llama(rank, world, inductor_mode):
+def _llama(rank, world, inductor_mode, transport):
     import flashcomm_compile
 
     shape = LlamaShape(dim=1024, n_heads=16, ffn_dim=2816, n_layers=4)
     model = shard_with_funcol(build(shape, dtype=torch.bfloat16, device="cuda"), rank, world, dist.group.WORLD)
     decorated = flashcomm_compile.compile(model, mode="always", inductor_mode=inductor_mode, reduce_bits=8,
-                                          gather_bits=8)
+                                          gather_bits=8, transport=transport)
     x = torch.randn(2, 512, shape.dim, device="cuda", dtype=torch.bfloat16,
                     generator=torch.Generator("cuda").manual_seed(0))
     from torch._inductor import config as inductor_config
@@ -66,8 +67,9 @@ def _llama(rank, world, inductor_mode):
 
 
 @pytest.mark.parametrize("inductor_mode", ["default", "reduce-overhead"])
-def test_llama_on_nccl(inductor_mode):
-    ranks = run_ranks(2, _llama, inductor_mode, backend="nccl")
+@pytest.mark.parametrize("transport", ["nccl", "symm_mem"])
+def test_llama_on_nccl(inductor_mode, transport):
+    ranks = run_ranks(2, _llama, inductor_mode, transport, backend="nccl")
     for r in ranks:
         assert r["rewritten"] == 8
         assert r["error"] < 0.03, r["error"]
