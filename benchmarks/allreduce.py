@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import statistics
 
 import torch
 import torch.distributed as dist
@@ -162,7 +163,7 @@ def _variants(link: str) -> dict[str, dict]:
             if config.get("transport") != "symm_mem" or link in SYMM_MEM_LINKS}
 
 
-def _rank_main(rank: int, world: int, quick: bool, link: str) -> dict:
+def _rank_main(rank: int, world: int, quick: bool, link: str, only: list[str] | None, repeat: int) -> dict:
     import flashcomm_compile
 
     device = torch.device("cuda", rank)
@@ -171,6 +172,8 @@ def _rank_main(rank: int, world: int, quick: bool, link: str) -> dict:
     for name, config in _variants(link).items():
         backend = flashcomm_compile.backend(**{"mode": "always", **config})
         variants[name] = _compiled_all_reduce(backend, group_name)
+    if only:
+        variants = {name: fn for name, fn in variants.items() if name in only}
     rows = []
     gen = torch.Generator(device).manual_seed(rank)
     for tokens, hidden in _sizes(quick):
@@ -178,14 +181,20 @@ def _rank_main(rank: int, world: int, quick: bool, link: str) -> dict:
         exact = x.float()
         dist.all_reduce(exact)
         row = dict(tokens=tokens, hidden=hidden, MB=x.nbytes / 1e6)
-        for name, fn in variants.items():
-            try:
-                out = fn(x).float()  # a copy: CUDA graphs reuse the output buffer on the next replay
-                row[f"{name} err"] = ((out - exact).norm() / exact.norm()).item()
-                row[f"{name} us"] = _gpu_us(lambda: fn(x), device, row)
-            except Exception as e:  # noqa: BLE001 - one broken variant is reported, the others still measured
-                row[f"{name} us"] = None
-                row.setdefault("errors", []).append(f"{name}: {type(e).__name__}: {e}"[:300])
+        samples = {name: [] for name in variants}
+        for _ in range(repeat):  # repeats interleave the variants, so that drift hits them alike
+            for name, fn in variants.items():
+                try:
+                    out = fn(x).float()  # a copy: CUDA graphs reuse the output buffer on the next replay
+                    row[f"{name} err"] = ((out - exact).norm() / exact.norm()).item()
+                    samples[name].append(_gpu_us(lambda: fn(x), device, row))
+                except Exception as e:  # noqa: BLE001 - one broken variant is reported, the others still measured
+                    row.setdefault("errors", []).append(f"{name}: {type(e).__name__}: {e}"[:300])
+        for name, times in samples.items():
+            row[f"{name} us"] = statistics.median(times) if times else None
+        if only:
+            rows.append(row)
+            continue
         try:
             row["symm_mem two-shot us"] = _gpu_us(_symm_mem_two_shot(group_name, x), device, row)
         except Exception as e:  # noqa: BLE001 - reported in the table, the reference is optional
@@ -196,7 +205,7 @@ def _rank_main(rank: int, world: int, quick: bool, link: str) -> dict:
             print(f"  {tokens} x {hidden}: " + ", ".join(
                 f"{k.removesuffix(' us')} {v:.0f}" for k, v in row.items() if k.endswith(" us") and v), flush=True)
         torch.cuda.empty_cache()
-    return dict(rows=rows, breakdown=_stage_breakdown(group_name, world, device, link))
+    return dict(rows=rows, breakdown=[] if only else _stage_breakdown(group_name, world, device, link))
 
 
 def _sweep_main(rank: int, world: int) -> list[dict]:
@@ -209,6 +218,8 @@ def main() -> None:
     parser.add_argument("--links", default="default,p2p-disabled")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--symm-sweep", action="store_true", help="only time the peer-load kernels' launches")
+    parser.add_argument("--only", help="comma-separated variants to time (e.g. nccl,auto); no stage breakdown")
+    parser.add_argument("--repeat", type=int, default=1, help="median of this many interleaved timings")
     args = parser.parse_args()
     if args.symm_sweep:
         rows = run_ranks(args.world_size, _sweep_main, backend="nccl")[0]
@@ -219,10 +230,11 @@ def main() -> None:
     for link in args.links.split(","):
         use_link(link)
         print(f"link {link}:", flush=True)
-        result = run_ranks(args.world_size, _rank_main, args.quick, link, backend="nccl")[0]
+        only = args.only.split(",") if args.only else None
+        result = run_ranks(args.world_size, _rank_main, args.quick, link, only, args.repeat, backend="nccl")[0]
         env = environment()
-        columns = ["tokens", "hidden", "MB", "nccl us", "symm_mem two-shot us"]
-        columns += [f"{n} us" for n in _variants(link)] + [f"{n} err" for n in _variants(link)]
+        names = [n for n in ["nccl", "symm_mem two-shot", *_variants(link)] if not only or n in only]
+        columns = ["tokens", "hidden", "MB"] + [f"{n} us" for n in names] + [f"{n} err" for n in names if n != "nccl"]
         print(f"\nall-reduce, GPU time per call (CUDA graph), {env['card']} x{args.world_size}, link {link}, "
               f"torch {env['torch']}, NCCL {env['nccl']}, {env['date']}")
         print_table(result["rows"], columns)
@@ -230,11 +242,14 @@ def main() -> None:
         print("timing fallbacks:", sorted(fallbacks) or "none")
         print("errors:", sorted({e for row in result["rows"] + result["breakdown"] for e in row.get("errors", [])})
               or "none")
-        print("stages of one INT4/INT8 g128 all-reduce, each timed alone:")
-        print_table(result["breakdown"], list(result["breakdown"][0]))
+        if result["breakdown"]:
+            print("stages of one INT4/INT8 g128 all-reduce, each timed alone:")
+            print_table(result["breakdown"], list(result["breakdown"][0]))
         card = env["card"].replace(" ", "_")
-        write_json(f"allreduce_{link}_{card}_w{args.world_size}.json",
-                   dict(environment=env, world_size=args.world_size, timing="cuda-graph, 10 calls x 20 replays",
+        subset = "_" + "-".join(only) if only else ""
+        write_json(f"allreduce{subset}_{link}_{card}_w{args.world_size}.json",
+                   dict(environment=env, world_size=args.world_size, repeat=args.repeat,
+                        timing=f"cuda-graph, 10 calls x 20 replays, median of {args.repeat} interleaved",
                         launch={k: vars(v) for k, v in triton_kernels.LAUNCH.items()}, **result))
 
 

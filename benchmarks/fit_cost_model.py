@@ -9,24 +9,25 @@ from __future__ import annotations
 import argparse
 import json
 
+from benchmarks.allreduce import FLASHCOMM_VARIANTS
+from flashcomm_compile.config import FlashCommConfig
 from flashcomm_compile.cost_model import TABLE_PATH, Line, Prediction
 
-# benchmark column -> (reduce_bits, gather_bits, spike, group size) as the cost model names variants
-VARIANTS = {
-    "INT8/INT8": "INT8/INT8 g128",
-    "INT4/INT8": "INT4/INT8 g128",
-    "INT4/INT4": "INT4/INT4 g128",
-    "INT2+spike/INT4": "INT2+spike/INT4 g32",
-}
+# benchmark column -> the variant as the cost model names it; "auto" and pieces are not variants of their own
+VARIANTS = {column: FlashCommConfig(**config).variant for column, config in FLASHCOMM_VARIANTS.items()
+            if "mode" not in config and "chunks" not in config}
 
 
 def fit_line(points: list[tuple[float, float]]) -> dict:
-    """Least squares of us against MB; the latency is kept at least the smallest time measured at the small end."""
-    n = len(points)
-    mean_x = sum(x for x, _ in points) / n
-    mean_y = sum(y for _, y in points) / n
-    sxx = sum((x - mean_x) ** 2 for x, _ in points)
-    slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / sxx
+    """Least squares of us against MB in relative terms (each point weighted by 1 / us^2): sizes span four decades,
+    and an absolute fit would let the largest sizes set the latency that decides the small ones. The latency is kept
+    at least half the smallest time measured."""
+    weights = [1 / y**2 for _, y in points]
+    total = sum(weights)
+    mean_x = sum(w * x for w, (x, _) in zip(weights, points)) / total
+    mean_y = sum(w * y for w, (_, y) in zip(weights, points)) / total
+    sxx = sum(w * (x - mean_x) ** 2 for w, (x, _) in zip(weights, points))
+    slope = sum(w * (x - mean_x) * (y - mean_y) for w, (x, y) in zip(weights, points)) / sxx
     latency = max(mean_y - slope * mean_x, min(y for _, y in points) / 2)
     return dict(latency_us=round(latency, 2), us_per_mb=round(slope, 4))
 
@@ -41,11 +42,12 @@ def main() -> None:
         env, rows = run["environment"], run["rows"]
         key = f"{env['card']}|{env['link']}|w{run.get('world_size', env['gpus'])}"
         entry = {"nccl": fit_line([(r["MB"], r["nccl us"]) for r in rows]), "measured": env["date"]}
-        for column, name in VARIANTS.items():
+        measured = {column: name for column, name in VARIANTS.items() if rows[0].get(f"{column} us") is not None}
+        for column, name in measured.items():
             entry[name] = fit_line([(r["MB"], r[f"{column} us"]) for r in rows])
         table[key] = entry
         nccl = Line(**entry["nccl"])
-        for column, name in VARIANTS.items():
+        for column, name in measured.items():
             threshold = Prediction(key, nccl, Line(**entry[name])).threshold_bytes
             print(f"{key} {name}: auto rewrites from {threshold / 1e6:.3g} MB; measured auto / NCCL at worst "
                   f"{auto_worst_ratio(rows, column, threshold):.3f} (in sample)")
