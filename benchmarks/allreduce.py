@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 
-from benchmarks.common import environment, print_table, use_link, write_json
+from benchmarks.common import compile_every_variant, environment, print_table, use_link, write_json
 from benchmarks.kernel_bandwidth import SWEEP_ELEMENTS, SWEEP_WARPS, fastest
 from flashcomm_compile.config import FlashCommConfig
 from flashcomm_compile.kernels import triton_kernels
@@ -166,6 +166,7 @@ def _variants(link: str) -> dict[str, dict]:
 def _rank_main(rank: int, world: int, quick: bool, link: str, only: list[str] | None, repeat: int) -> dict:
     import flashcomm_compile
 
+    compile_every_variant()
     device = torch.device("cuda", rank)
     group_name = dist.group.WORLD.group_name
     variants = {"nccl": _compiled_all_reduce(None, group_name)}

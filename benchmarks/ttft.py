@@ -16,7 +16,7 @@ import argparse
 import torch
 import torch.distributed as dist
 
-from benchmarks.common import environment, print_table, use_link, write_json
+from benchmarks.common import compile_every_variant, environment, print_table, use_link, write_json
 from flashcomm_compile.examples.llama import LlamaShape, build, shard_with_funcol
 from flashcomm_compile.launch import run_ranks
 from flashcomm_compile.timing import median_ms
@@ -39,10 +39,11 @@ def _time_each_input(label: str, fn, inputs, name: str, rank: int, device: torch
 def _rank_main(rank: int, world: int, models: list[str], inductor_mode: str, link: str) -> list[dict]:
     import flashcomm_compile
 
+    compile_every_variant()
     device = torch.device("cuda", rank)
     rows = []
     for name, shape in (MODELS[key] for key in models):
-        torch._dynamo.reset()  # past dynamo's recompile limit a model would silently run eagerly
+        torch._dynamo.reset()
         model = shard_with_funcol(build(shape, dtype=torch.bfloat16, device=device), rank, world, dist.group.WORLD)
         variants = {
             "inductor": torch.compile(model, mode=inductor_mode, dynamic=True),

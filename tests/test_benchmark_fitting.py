@@ -13,6 +13,13 @@ def test_fit_line_recovers_latency_and_bandwidth():
     assert fit_line(points) == dict(latency_us=20.0, us_per_mb=5.0)
 
 
+def test_fit_line_lets_small_sizes_decide_the_latency():
+    """A path whose large sizes bend (here 10% slower beyond 100 MB): an absolute fit would let them pull the
+    latency to 0; relative to each time, the small sizes keep it near their 20 us."""
+    points = [(mb, 20.0 + 5.0 * mb * (1.1 if mb > 100 else 1.0)) for mb in (0.01, 0.1, 1.0, 10.0, 100.0, 200.0, 400.0)]
+    assert fit_line(points)["latency_us"] == pytest.approx(20.0, rel=0.1)
+
+
 def test_fit_line_keeps_the_latency_at_least_half_the_smallest_time():
     points = [(1.0, 10.0), (100.0, 1000.0), (200.0, 2100.0)]  # least squares would put the latency below zero
     assert fit_line(points)["latency_us"] == pytest.approx(5.0)

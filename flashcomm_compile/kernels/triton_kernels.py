@@ -244,12 +244,13 @@ def dequant_sum_requant_peers_kernel(table, in_offset, out_u8, out_f32, out_i16,
 
 
 @triton.jit
-def dequantize_peers_kernel(table, in_offset, out, numel, groups_per_chunk, BITS: tl.constexpr, G: tl.constexpr,
-                            SPIKE: tl.constexpr, BLOCK_G: tl.constexpr):
-    """dequantize_kernel reading chunk c straight from rank c's buffer (the all-gather folded into the loads);
-    program (i, c) handles block i of chunk c."""
-    source = tl.program_id(1)
-    group = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
+def dequantize_peers_kernel(table, in_offset, out, numel, groups_per_chunk, WORLD: tl.constexpr, BITS: tl.constexpr,
+                            G: tl.constexpr, SPIKE: tl.constexpr, BLOCK_G: tl.constexpr):
+    """dequantize_kernel reading chunk c straight from rank c's buffer (the all-gather folded into the loads).
+    Program p handles block p // W of chunk p % W: consecutive programs read different ranks, so the local chunk's
+    loads (HBM) and the peers' (NVLink) run side by side rather than one after the other."""
+    source = tl.program_id(0) % WORLD
+    group = tl.program_id(0) // WORLD * BLOCK_G + tl.arange(0, BLOCK_G)
     valid = group < groups_per_chunk
     chunk = _peer_chunk(table, source, in_offset)
     values = _load_groups(chunk, chunk.to(tl.pointer_type(tl.float32)), chunk.to(tl.pointer_type(tl.int16)),
@@ -319,7 +320,7 @@ def dequantize_peers(table: torch.Tensor, offset: int, layout: PayloadLayout, dt
     out = torch.empty(shape, dtype=dtype, device=table.device)
     launch = LAUNCH["dequantize_peers"]
     block = launch.block_groups(layout.group_size)
-    dequantize_peers_kernel[(triton.cdiv(layout.groups_per_chunk, block), layout.world_size)](
-        table, offset, out, layout.numel, layout.groups_per_chunk, BITS=layout.bits, G=layout.group_size,
-        SPIKE=layout.spike_reserve, BLOCK_G=block, num_warps=launch.warps)
+    dequantize_peers_kernel[(triton.cdiv(layout.groups_per_chunk, block) * layout.world_size,)](
+        table, offset, out, layout.numel, layout.groups_per_chunk, WORLD=layout.world_size, BITS=layout.bits,
+        G=layout.group_size, SPIKE=layout.spike_reserve, BLOCK_G=block, num_warps=launch.warps)
     return out

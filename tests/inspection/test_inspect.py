@@ -75,6 +75,16 @@ def test_predictions_for_a_target_gpu():
     assert first.reason.startswith("below the cost model's threshold")
 
 
+def test_symm_mem_transport_for_a_target_gpu():
+    """On a CPU, for GPUs that map each other's memory: each eligible all-reduce becomes the one symm_mem op (run
+    here by the NCCL transport's pipeline, which computes the same bytes)."""
+    report = inspect_factory(factories.mixed, world_size=2, hardware="NVIDIA H100 80GB HBM3|default",
+                             mode="always", transport="symm_mem")
+    assert [s.decision for s in report.sites] == ["rewritten"] * 4 + ["kept"] * 2 + ["rewritten"]
+    assert report.graphs[0].op_counts["flashcomm.symm_mem_all_reduce.default"] == 5
+    assert report.graphs[0].op_counts["_c10d_functional.all_to_all_single.default"] == 0
+
+
 def test_dynamic_shapes_show_the_symbolic_size():
     def f(x):
         import torch.distributed as dist
