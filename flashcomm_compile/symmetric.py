@@ -19,7 +19,7 @@ import torch
 
 from .collective import two_step_all_reduce
 from .config import FlashCommConfig
-from .kernels.layout import PayloadLayout
+from .kernels.layout import PayloadLayout, validate_dtype
 
 ALIGN = 16  # bytes: every chunk starts 16-byte aligned, so the kernels' loads stay vectorised
 MIN_WORKSPACE_BYTES = 1 << 20
@@ -120,6 +120,7 @@ def symmetric_all_reduce(x: torch.Tensor, group_name: str, world_size: int, conf
     """Sum of x over the group, quantized as `config` says; bitwise equal on every rank, and to the NCCL path's."""
     from .kernels import triton_kernels  # CUDA only: symmetric memory has no CPU implementation
 
+    validate_dtype(x.dtype)
     layout = SymmetricLayout(PayloadLayout(x.numel(), world_size, config.reduce_bits, config.group_size,
                                            config.spike_reserve), config.gather_bits)
     ws = workspace(group_name, x.device, layout.total_bytes)

@@ -13,6 +13,13 @@ GROUP_SIZES = (32, 64, 128, 256, 512, 1024)
 DISTRIBUTIONS = ("normal", "outliers", "constant_groups", "zeros", "huge", "tiny", "subnormal")
 
 
+# one all-reduce of W ranks' activations through the pipeline: @given(**PIPELINE_CASES)
+PIPELINE_CASES = dict(
+    world=st.integers(1, 8), dtype=st.sampled_from(DTYPES), distribution=st.sampled_from(DISTRIBUTIONS),
+    numel=st.integers(1, 2500), seed=st.integers(0, 2**31 - 1), reduce_bits=st.sampled_from(BITS),
+    gather_bits=st.sampled_from(BITS), group_size=st.sampled_from(GROUP_SIZES), spike=st.booleans())
+
+
 def interpreter_misreads(device: str, dtype: torch.dtype, distribution: str) -> bool:
     """Triton's CPU interpreter converts subnormal bfloat16 values to float32 wrongly (-1.05e-38 reads as -9.18e-39):
     such inputs can only be checked against the reference on a GPU."""

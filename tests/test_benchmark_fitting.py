@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.fit_cost_model import auto_worst_ratio, fit_line
+from benchmarks.fit_cost_model import auto_worst_ratio, fit_line, within_target_in_sample
+from flashcomm_compile.cost_model import Line, Prediction
 from benchmarks.kernel_bandwidth import fastest
 
 
@@ -29,6 +30,16 @@ def test_auto_worst_ratio_counts_only_sizes_it_rewrites():
     rows = [dict(MB=1.0, **{"nccl us": 10.0, "X us": 30.0}), dict(MB=100.0, **{"nccl us": 100.0, "X us": 80.0})]
     assert auto_worst_ratio(rows, "X", threshold_bytes=50e6) == 1.0  # 1 MB stays on NCCL
     assert auto_worst_ratio(rows, "X", threshold_bytes=0) == 3.0
+
+
+def test_a_poorly_fitting_line_is_moved_above_the_sizes_where_auto_would_lose():
+    rows = [dict(MB=mb, **{"nccl us": 10 + 6 * mb, "X us": t}) for mb, t in ((1, 14), (10, 77), (100, 400))]
+    nccl, line = Line(10, 6), Line(5, 4)  # predicts a gain from 0 MB; measured 1.1x NCCL at 10 MB
+    assert auto_worst_ratio(rows, "X", Prediction("", nccl, line).threshold_bytes) > 1.05
+    moved = within_target_in_sample(rows, "X", nccl, line)
+    assert moved.us_per_mb == line.us_per_mb and moved.latency_us > line.latency_us
+    assert auto_worst_ratio(rows, "X", Prediction("", nccl, moved).threshold_bytes) <= 1.05
+    assert within_target_in_sample(rows, "X", nccl, moved) == moved
 
 
 def test_fastest_launch_per_kernel_in_flashcomm_launch_syntax():

@@ -6,19 +6,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import assume, given, strategies as st
+from hypothesis import assume, given
 
 from flashcomm_compile.kernels import triton_kernels
 from flashcomm_compile.symmetric import SymmetricLayout
 from tests.kernels.simulate import simulate
 from tests.kernels.test_triton_kernels import DEVICES
-from tests.strategies import BITS, DISTRIBUTIONS, DTYPES, GROUP_SIZES, interpreter_misreads, make_activation
+from tests.strategies import PIPELINE_CASES, interpreter_misreads, make_activation
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@given(world=st.integers(1, 8), dtype=st.sampled_from(DTYPES), distribution=st.sampled_from(DISTRIBUTIONS),
-       numel=st.integers(1, 2500), seed=st.integers(0, 2**31 - 1), reduce_bits=st.sampled_from(BITS),
-       gather_bits=st.sampled_from(BITS), group_size=st.sampled_from(GROUP_SIZES), spike=st.booleans())
+@given(**PIPELINE_CASES)
 def test_peer_kernels_give_the_all_to_all_paths_bytes(device, world, dtype, distribution, numel, seed, reduce_bits,
                                                       gather_bits, group_size, spike):
     assume(not interpreter_misreads(device, dtype, distribution))

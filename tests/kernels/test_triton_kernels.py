@@ -13,12 +13,12 @@ import os
 
 import pytest
 import torch
-from hypothesis import assume, given, strategies as st
+from hypothesis import assume, given
 
 from flashcomm_compile.kernels import reference
 from flashcomm_compile.kernels.bounds import pipeline_error_bound
 from tests.kernels.simulate import simulate
-from tests.strategies import BITS, DISTRIBUTIONS, DTYPES, GROUP_SIZES, interpreter_misreads, make_activation
+from tests.strategies import PIPELINE_CASES, interpreter_misreads, make_activation
 
 DEVICES = [
     pytest.param("cpu", marks=pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
@@ -56,9 +56,7 @@ def _same_payload(a: torch.Tensor, b: torch.Tensor, layout, device: str) -> bool
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@given(world=st.integers(1, 8), dtype=st.sampled_from(DTYPES), distribution=st.sampled_from(DISTRIBUTIONS),
-       numel=st.integers(1, 2500), seed=st.integers(0, 2**31 - 1), reduce_bits=st.sampled_from(BITS),
-       gather_bits=st.sampled_from(BITS), group_size=st.sampled_from(GROUP_SIZES), spike=st.booleans())
+@given(**PIPELINE_CASES)
 def test_kernels_match_reference_and_bound(device, world, dtype, distribution, numel, seed, reduce_bits,
                                            gather_bits, group_size, spike):
     assume(not interpreter_misreads(device, dtype, distribution))
