@@ -31,8 +31,8 @@ class FlashCommConfig:
         with P2P off.
     backward: also rewrite all-reduces in backward graphs (off: training gradients stay exact).
     chunks: cut each rewritten all-reduce into up to this many pieces whose pipelines overlap (a piece's all-to-all
-        runs while the next piece is quantized, ...), as the paper pipelines; 1 runs one pipeline. Not yet measured
-        on GPUs; pieces cost a final copy (the outputs are concatenated).
+        runs while the next piece is quantized, ...), as the paper pipelines; 1 runs one pipeline. Measured slower
+        than one pipeline on H100 (x4 at 134 MB: 1.17x NCCL against 1.59x); pieces cost a final copy.
     transport: how the quantized bytes travel. "nccl": an all-to-all and an all-gather between the kernels.
         "symm_mem": the kernels read their peers' buffers in symmetric memory (NVLink / P2P CUDA GPUs), no NCCL
         call (`symmetric.py`); one pipeline, so chunks must be 1.
