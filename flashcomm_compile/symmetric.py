@@ -74,12 +74,12 @@ def workspace(group_name: str, device: torch.device, nbytes: int) -> Workspace:
     current = _workspaces.get(key)
     if current is not None and current.buffer.numel() >= nbytes:
         return current
-    if torch.cuda.is_current_stream_capturing():
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
         raise RuntimeError(f"flashcomm symm_mem: an all-reduce needs a {nbytes}-byte workspace, more than the "
                            f"{0 if current is None else current.buffer.numel()} bytes allocated, during CUDA graph "
                            "capture; run the model once with the largest input before capturing")
     size = max(MIN_WORKSPACE_BYTES, 1 << (nbytes - 1).bit_length())
-    created = _outside_graph_pools(_create, group_name, device, size)
+    created = _outside_graph_pools(device, _create, group_name, device, size)
     if current is not None:
         _outgrown.append(current)
     _workspaces[key] = created
@@ -95,15 +95,17 @@ def _create(group_name: str, device: torch.device, size: int) -> Workspace:
     return Workspace(buffer, handle, table)
 
 
-def _outside_graph_pools(fn, *args):
-    """fn(*args) on a fresh thread. The workspace outlives the call that creates it, but under Inductor's CUDA graphs
-    (mode="reduce-overhead") that call is a warm-up whose thread allocates from the graph's private pool, which then
-    refuses untracked live tensors (the address table, and the handle's own device arrays). Pools are per thread."""
+def _outside_graph_pools(device: torch.device, fn, *args):
+    """fn(*args) on a fresh thread using `device`. The workspace outlives the call that creates it, but under
+    Inductor's CUDA graphs (mode="reduce-overhead") that call is a warm-up whose thread allocates from the graph's
+    private pool, which then refuses untracked live tensors (the address table, and the handle's own device arrays).
+    Pools are per thread."""
     result, error = [], []
 
     def run():
         try:
-            torch.cuda.set_device(args[1])
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
             result.append(fn(*args))
         except BaseException as e:  # noqa: BLE001 - re-raised on the calling thread
             error.append(e)
