@@ -127,6 +127,8 @@ def test_cli_json_and_exit_codes(tmp_path):
     assert "Traceback" in _cli("tests.inspection.factories:raises", "--verbose").stderr
     done = _cli("tests.inspection.factories:mixed", "--chunks", "0")
     assert done.returncode == 2 and "flashcomm-compile: error: chunks must be an int" in done.stderr
+    done = _cli("tests.inspection.factories:mixed", "--transport", "symm_mem", "--chunks", "2")
+    assert done.returncode == 2 and "chunks must be 1 with transport 'symm_mem'" in done.stderr
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
