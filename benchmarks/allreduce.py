@@ -87,8 +87,7 @@ def _symm_mem_stages(x: torch.Tensor, group_name: str, world: int) -> dict:
     layout = SymmetricLayout(PayloadLayout(x.numel(), world, cfg["reduce_bits"], cfg["group_size"],
                                            cfg["spike_reserve"]), cfg["gather_bits"])
     ws = workspace(group_name, x.device, layout.total_bytes)
-    payload = ws.buffer[:layout.reduced_offset].view(world, layout.stride)
-    reduced = ws.buffer[layout.reduced_offset:layout.reduced_offset + layout.reduced.chunk_bytes].view(1, -1)
+    payload, reduced = layout.payload_in(ws.buffer), layout.reduced_in(ws.buffer)
     offset = ws.handle.rank * layout.stride
     config = FlashCommConfig(**cfg, transport="symm_mem")
     return {

@@ -53,6 +53,14 @@ class SymmetricLayout:
     def total_bytes(self) -> int:
         return self.reduced_offset + _align(self.reduced.chunk_bytes)
 
+    def payload_in(self, buffer: torch.Tensor) -> torch.Tensor:
+        """The first-step chunks in a rank's uint8 buffer: [W, stride], chunk r in row r."""
+        return buffer[:self.reduced_offset].view(self.payload.world_size, self.stride)
+
+    def reduced_in(self, buffer: torch.Tensor) -> torch.Tensor:
+        """The rank's requantized chunk in its buffer: [1, chunk bytes]."""
+        return buffer[self.reduced_offset:self.reduced_offset + self.reduced.chunk_bytes].view(1, -1)
+
 
 @dataclass
 class Workspace:
@@ -126,12 +134,10 @@ def symmetric_all_reduce(x: torch.Tensor, group_name: str, world_size: int, conf
     layout = SymmetricLayout(PayloadLayout(x.numel(), world_size, config.reduce_bits, config.group_size,
                                            config.spike_reserve), config.gather_bits)
     ws = workspace(group_name, x.device, layout.total_bytes)
-    payload = ws.buffer[:layout.reduced_offset].view(world_size, layout.stride)
-    triton_kernels.quantize(x, layout.payload, out=payload)
+    triton_kernels.quantize(x, layout.payload, out=layout.payload_in(ws.buffer))
     ws.handle.barrier(channel=0)
-    reduced = ws.buffer[layout.reduced_offset:layout.reduced_offset + layout.reduced.chunk_bytes].view(1, -1)
     triton_kernels.dequant_sum_requant_peers(ws.table, ws.handle.rank * layout.stride, layout.payload,
-                                             config.gather_bits, reduced)
+                                             config.gather_bits, layout.reduced_in(ws.buffer))
     ws.handle.barrier(channel=0)
     return triton_kernels.dequantize_peers(ws.table, layout.reduced_offset, layout.reduced, x.dtype, x.shape)
 

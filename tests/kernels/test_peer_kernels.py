@@ -25,19 +25,18 @@ def test_peer_kernels_give_the_all_to_all_paths_bytes(device, world, dtype, dist
     symmetric = SymmetricLayout(layout, gather_bits)
     buffers = [torch.full((symmetric.total_bytes,), 0xAB, dtype=torch.uint8, device=device) for _ in inputs]
     table = torch.tensor([b.data_ptr() for b in buffers], dtype=torch.int64, device=device)
-    payloads = [b[:symmetric.reduced_offset].view(world, symmetric.stride) for b in buffers]
+    payloads = [symmetric.payload_in(b) for b in buffers]
     for x, payload in zip(inputs, payloads):
         triton_kernels.quantize(x, layout, out=payload)
-    reduced_bytes = slice(symmetric.reduced_offset, symmetric.reduced_offset + symmetric.reduced.chunk_bytes)
     for rank, buffer in enumerate(buffers):
         triton_kernels.dequant_sum_requant_peers(table, rank * symmetric.stride, layout, gather_bits,
-                                                 buffer[reduced_bytes].view(1, -1))
+                                                 symmetric.reduced_in(buffer))
     outputs = [triton_kernels.dequantize_peers(table, symmetric.reduced_offset, symmetric.reduced, dtype, x.shape)
                for x in inputs]
 
     for payload, sent in zip(payloads, expected.sent):
         assert torch.equal(payload[:, :layout.chunk_bytes], sent)
-    assert torch.equal(torch.cat([b[reduced_bytes] for b in buffers]), expected.gathered.reshape(-1))
+    assert torch.equal(torch.cat([symmetric.reduced_in(b) for b in buffers]), expected.gathered)
     for out in outputs:
         assert torch.equal(out.view(torch.uint8), expected.outputs[0].view(torch.uint8))
 
