@@ -15,7 +15,6 @@ benchmarks/results/allreduce_<link>_<card>_w<W>.json; `benchmarks/plot_allreduce
 from __future__ import annotations
 
 import argparse
-import itertools
 import statistics
 
 import torch
@@ -23,7 +22,7 @@ import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 
 from benchmarks.common import compile_every_variant, environment, print_table, use_link, write_json
-from benchmarks.kernel_bandwidth import SWEEP_ELEMENTS, SWEEP_WARPS, fastest
+from benchmarks.kernel_bandwidth import each_launch, fastest
 from flashcomm_compile.config import FlashCommConfig
 from flashcomm_compile.kernels import triton_kernels
 from flashcomm_compile.kernels.layout import PayloadLayout
@@ -110,13 +109,9 @@ def _symm_mem_sweep(group_name: str, world: int, device: torch.device) -> list[d
     rows = []
     for kernel, stage in (("dequant_sum_requant_peers", "symm dequant-sum-requant (peer loads)"),
                           ("dequantize_peers", "symm dequantize (peer loads)")):
-        chosen = triton_kernels.LAUNCH[kernel]
-        for elements, warps in itertools.product(SWEEP_ELEMENTS, SWEEP_WARPS):
-            triton_kernels.LAUNCH[kernel] = triton_kernels.Launch(elements, warps)
-            row = dict(kernel=kernel, elements=elements, warps=warps)
+        for row in each_launch(kernel):
             row["ms"] = _gpu_us(stages[stage], device, row) / 1e3
             rows.append(row)
-        triton_kernels.LAUNCH[kernel] = chosen
     return rows
 
 
@@ -192,14 +187,12 @@ def _rank_main(rank: int, world: int, quick: bool, link: str, only: list[str] | 
                     row.setdefault("errors", []).append(f"{name}: {type(e).__name__}: {e}"[:300])
         for name, times in samples.items():
             row[f"{name} us"] = statistics.median(times) if times else None
-        if only:
-            rows.append(row)
-            continue
-        try:
-            row["symm_mem two-shot us"] = _gpu_us(_symm_mem_two_shot(group_name, x), device, row)
-        except Exception as e:  # noqa: BLE001 - reported in the table, the reference is optional
-            row["symm_mem two-shot us"] = None
-            row["symm_mem error"] = f"{type(e).__name__}: {e}"[:200]
+        if not only:
+            try:
+                row["symm_mem two-shot us"] = _gpu_us(_symm_mem_two_shot(group_name, x), device, row)
+            except Exception as e:  # noqa: BLE001 - reported in the table, the reference is optional
+                row["symm_mem two-shot us"] = None
+                row["symm_mem error"] = f"{type(e).__name__}: {e}"[:200]
         rows.append(row)
         if rank == 0:
             print(f"  {tokens} x {hidden}: " + ", ".join(

@@ -66,20 +66,30 @@ def _time(fn) -> float:
     return do_bench_cudagraph(fn, rep=100, return_mode="median")
 
 
+def each_launch(kernel: str):
+    """Every candidate launch of `kernel`, as a row to fill, with triton_kernels.LAUNCH[kernel] set to it while the
+    caller times it; the launch in use before is put back afterwards, also on error."""
+    chosen = triton_kernels.LAUNCH[kernel]
+    try:
+        for elements, warps in itertools.product(SWEEP_ELEMENTS, SWEEP_WARPS):
+            triton_kernels.LAUNCH[kernel] = triton_kernels.Launch(elements, warps)
+            yield dict(kernel=kernel, elements=elements, warps=warps)
+    finally:
+        triton_kernels.LAUNCH[kernel] = chosen
+
+
 def sweep(x: torch.Tensor, copy_gbps: float) -> list[dict]:
-    chosen = dict(triton_kernels.LAUNCH)
     rows = []
     for name, fn, nbytes in _stages(x, 4, 8, False):
-        for elements, warps in itertools.product(SWEEP_ELEMENTS, SWEEP_WARPS):
-            triton_kernels.LAUNCH[name] = triton_kernels.Launch(elements, warps)
+        for row in each_launch(name):
+            rows.append(row)
             try:
                 ms = _time(fn)
             except Exception as e:  # noqa: BLE001 - e.g. out of resources for a large tile: reported, skipped
-                rows.append(dict(kernel=name, elements=elements, warps=warps, error=f"{type(e).__name__}"))
+                row["error"] = type(e).__name__
                 continue
             gbps = _gbps(nbytes, ms)
-            rows.append(dict(kernel=name, elements=elements, warps=warps, ms=ms, GBps=gbps, of_copy=gbps / copy_gbps))
-        triton_kernels.LAUNCH[name] = chosen[name]
+            row.update(ms=ms, GBps=gbps, of_copy=gbps / copy_gbps)
     return rows
 
 

@@ -1,4 +1,5 @@
-"""The benchmark helpers whose output lands in the package or the docs: the cost-model fit and the launch pick."""
+"""The benchmark helpers whose output lands in the package or the docs: the cost-model fit, the launch sweep and the
+launch pick."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 
 from benchmarks.fit_cost_model import auto_worst_ratio, fit_line, within_target_in_sample
 from flashcomm_compile.cost_model import Line, Prediction
-from benchmarks.kernel_bandwidth import fastest
+from benchmarks.kernel_bandwidth import SWEEP_ELEMENTS, SWEEP_WARPS, each_launch, fastest
 
 
 def test_fit_line_recovers_latency_and_bandwidth():
@@ -48,3 +49,17 @@ def test_fastest_launch_per_kernel_in_flashcomm_launch_syntax():
             dict(kernel="quantize", elements=8192, warps=8, error="OutOfResources"),
             dict(kernel="dequantize", elements=4096, warps=8, ms=0.03)]
     assert fastest(rows) == "quantize=8192x4,dequantize=4096x8"
+
+
+def test_each_launch_sets_every_candidate_and_puts_the_chosen_one_back():
+    from flashcomm_compile.kernels import triton_kernels
+
+    chosen = triton_kernels.LAUNCH["quantize"]
+    seen = [(row, triton_kernels.LAUNCH["quantize"]) for row in each_launch("quantize")]
+    assert [(r["elements"], r["warps"]) for r, _ in seen] == [(e, w) for e in SWEEP_ELEMENTS for w in SWEEP_WARPS]
+    assert all(launch == triton_kernels.Launch(r["elements"], r["warps"]) for r, launch in seen)
+    assert triton_kernels.LAUNCH["quantize"] == chosen
+    with pytest.raises(RuntimeError):
+        for _ in each_launch("quantize"):
+            raise RuntimeError("the kernel failed")
+    assert triton_kernels.LAUNCH["quantize"] == chosen
