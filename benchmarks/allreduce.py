@@ -25,6 +25,7 @@ from benchmarks.common import compile_every_variant, environment, print_table, u
 from benchmarks.kernel_bandwidth import each_launch, fastest
 from flashcomm_compile.config import FlashCommConfig
 from flashcomm_compile.kernels import triton_kernels
+from flashcomm_compile.kernels.launches import LAUNCH
 from flashcomm_compile.kernels.layout import PayloadLayout
 from flashcomm_compile.launch import run_ranks
 from flashcomm_compile.symmetric import SymmetricLayout, symmetric_all_reduce, workspace
@@ -243,7 +244,7 @@ def main() -> None:
         write_json(f"allreduce{subset}_{link}_{card}_w{args.world_size}.json",
                    dict(environment=env, world_size=args.world_size, repeat=args.repeat,
                         timing=f"cuda-graph, 10 calls x 20 replays, median of {args.repeat} interleaved",
-                        launch={k: vars(v) for k, v in triton_kernels.LAUNCH.items()}, **result))
+                        launch={k: vars(v) for k, v in LAUNCH.items()}, **result))
 
 
 if __name__ == "__main__":

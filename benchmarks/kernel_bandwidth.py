@@ -4,7 +4,7 @@ GPU, at 64 MB of bf16 (counting bytes read plus bytes written, as the copy is co
     PYTHONPATH=. python -m benchmarks.kernel_bandwidth [--sweep] [--baseline PATH]
 
 --sweep also times every candidate launch (elements per program x warps) of each kernel for INT4/INT8 g128 and
-prints the fastest in FLASHCOMM_LAUNCH's syntax, which `triton_kernels.LAUNCH` is then set to.
+prints the fastest in FLASHCOMM_LAUNCH's syntax, which `flashcomm_compile.kernels.launches.LAUNCH` is then set to.
 --baseline times another version of triton_kernels.py (e.g. `git show REV:flashcomm_compile/kernels/triton_kernels.py`
 saved under the ignored .device/) in the same run, beside the current one.
 """
@@ -20,6 +20,7 @@ import torch
 from triton.testing import do_bench_cudagraph
 
 from flashcomm_compile.kernels import triton_kernels
+from flashcomm_compile.kernels.launches import LAUNCH, Launch
 from flashcomm_compile.kernels.layout import PayloadLayout
 from benchmarks.common import environment, print_table, write_json
 
@@ -67,15 +68,15 @@ def _time(fn) -> float:
 
 
 def each_launch(kernel: str):
-    """Every candidate launch of `kernel`, as a row to fill, with triton_kernels.LAUNCH[kernel] set to it while the
-    caller times it; the launch in use before is put back afterwards, also on error."""
-    chosen = triton_kernels.LAUNCH[kernel]
+    """Every candidate launch of `kernel`, as a row to fill, with LAUNCH[kernel] set to it while the caller times it;
+    the launch in use before is put back afterwards, also on error."""
+    chosen = LAUNCH[kernel]
     try:
         for elements, warps in itertools.product(SWEEP_ELEMENTS, SWEEP_WARPS):
-            triton_kernels.LAUNCH[kernel] = triton_kernels.Launch(elements, warps)
+            LAUNCH[kernel] = Launch(elements, warps)
             yield dict(kernel=kernel, elements=elements, warps=warps)
     finally:
-        triton_kernels.LAUNCH[kernel] = chosen
+        LAUNCH[kernel] = chosen
 
 
 def sweep(x: torch.Tensor, copy_gbps: float) -> list[dict]:
@@ -124,7 +125,7 @@ def main() -> None:
                 rows.append(dict(kernel=name, config=label, version=version, ms=ms, GBps=gbps,
                                  of_copy=gbps / copy_gbps))
     env = environment()
-    launch = {name: vars(launch) for name, launch in triton_kernels.LAUNCH.items()}
+    launch = {name: vars(launch) for name, launch in LAUNCH.items()}
     print(f"kernel bandwidth, 64 MB bf16, W={WORLD}, group 128, {env['card']}, {env['date']}, launch {launch}")
     print_table(rows, ["kernel", "config", "version", "ms", "GBps", "of_copy"])
     result = dict(environment=env, numel=NUMEL, world_size=WORLD, launch=launch, rows=rows)

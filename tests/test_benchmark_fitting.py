@@ -7,6 +7,7 @@ import pytest
 
 from benchmarks.fit_cost_model import auto_worst_ratio, fit_line, within_target_in_sample
 from flashcomm_compile.cost_model import Line, Prediction
+from flashcomm_compile.kernels.launches import LAUNCH, Launch
 from benchmarks.kernel_bandwidth import SWEEP_ELEMENTS, SWEEP_WARPS, each_launch, fastest
 
 
@@ -52,14 +53,12 @@ def test_fastest_launch_per_kernel_in_flashcomm_launch_syntax():
 
 
 def test_each_launch_sets_every_candidate_and_puts_the_chosen_one_back():
-    from flashcomm_compile.kernels import triton_kernels
-
-    chosen = triton_kernels.LAUNCH["quantize"]
-    seen = [(row, triton_kernels.LAUNCH["quantize"]) for row in each_launch("quantize")]
+    chosen = LAUNCH["quantize"]
+    seen = [(row, LAUNCH["quantize"]) for row in each_launch("quantize")]
     assert [(r["elements"], r["warps"]) for r, _ in seen] == [(e, w) for e in SWEEP_ELEMENTS for w in SWEEP_WARPS]
-    assert all(launch == triton_kernels.Launch(r["elements"], r["warps"]) for r, launch in seen)
-    assert triton_kernels.LAUNCH["quantize"] == chosen
+    assert all(launch == Launch(r["elements"], r["warps"]) for r, launch in seen)
+    assert LAUNCH["quantize"] == chosen
     with pytest.raises(RuntimeError):
         for _ in each_launch("quantize"):
             raise RuntimeError("the kernel failed")
-    assert triton_kernels.LAUNCH["quantize"] == chosen
+    assert LAUNCH["quantize"] == chosen

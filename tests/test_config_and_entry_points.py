@@ -50,11 +50,12 @@ def test_uuid_covers_the_config():
 
 def test_uuid_covers_the_link_mode_launch_and_assumed_hardware(monkeypatch):
     from flashcomm_compile.cost_model import assume_hardware
+    from flashcomm_compile.kernels.launches import LAUNCH, Launch
 
     base = FlashCommPass(FlashCommConfig()).uuid()
     with assume_hardware("NVIDIA H200|default"):
         assert FlashCommPass(FlashCommConfig()).uuid() != base
-    monkeypatch.setenv("FLASHCOMM_LAUNCH", "quantize=8192x4")
+    monkeypatch.setitem(LAUNCH, "quantize", Launch(8192, 4))  # as FLASHCOMM_LAUNCH or a tuning run sets it
     launch = FlashCommPass(FlashCommConfig()).uuid()
     assert launch != base
     monkeypatch.setenv("NCCL_P2P_DISABLE", "1")

@@ -9,49 +9,14 @@ stored with typed accesses without pointer casts, which also keeps the kernels r
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
-
 import torch
 import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
 from . import reference
+from .launches import LAUNCH
 from .layout import PayloadLayout
-
-
-@dataclass(frozen=True)
-class Launch:
-    """How much one program does: `elements` input values (whole groups) with `warps` warps. Fixed per kernel, not
-    autotuned per size (per-size tuning re-tuned on every new shape); `benchmarks/kernel_bandwidth.py --sweep`
-    measures the candidates."""
-
-    elements: int
-    warps: int
-
-    def block_groups(self, group_size: int) -> int:
-        return max(1, self.elements // group_size)
-
-
-LAUNCH = {"quantize": Launch(2048, 4), "dequant_sum_requant": Launch(2048, 4), "dequantize": Launch(2048, 4),
-          "dequant_sum_requant_peers": Launch(2048, 4), "dequantize_peers": Launch(2048, 4)}
-
-
-def parse_launch(spec: str) -> dict[str, Launch]:
-    """"quantize=4096x8,dequantize=2048x4" -> {kernel: Launch}, as FLASHCOMM_LAUNCH overrides LAUNCH for tuning."""
-    launches = {}
-    for item in filter(None, spec.split(",")):
-        name, _, size = item.partition("=")
-        elements, _, warps = size.partition("x")
-        if name not in LAUNCH or not (elements.isdigit() and warps.isdigit()):
-            raise ValueError(f"FLASHCOMM_LAUNCH item {item!r}: expected KERNEL=ELEMENTSxWARPS, "
-                             f"KERNEL in {list(LAUNCH)}")
-        launches[name] = Launch(int(elements), int(warps))
-    return launches
-
-
-LAUNCH.update(parse_launch(os.environ.get("FLASHCOMM_LAUNCH", "")))
 
 
 @triton.jit

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +13,7 @@ from torch._inductor.pattern_matcher import is_match
 
 from .. import cost_model
 from ..config import FlashCommConfig
+from ..kernels.launches import LAUNCH
 from .guards import Decision, keep
 from .rules import ALL_REDUCE, RULES, Rule
 from .site import Site, world_size_of
@@ -97,12 +97,12 @@ class FlashCommPass(CustomGraphPass):
 def compile_environment() -> str:
     """What a rewrite depends on beyond the graph and the config. A graph names its process group ("0"), not the
     group's size, which the replacement bakes in (all-to-all splits); the cost model reads the GPU and link mode;
-    the compiled kernel launches follow FLASHCOMM_LAUNCH."""
+    the compiled code bakes in the kernels' launches (as FLASHCOMM_LAUNCH or a tuning run set them)."""
     groups = []
     if dist.is_available() and dist.is_initialized():
         groups = sorted((name, pg.size()) for pg, name in dist.distributed_c10d._world.pg_names.items())
     card = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    launch = os.environ.get("FLASHCOMM_LAUNCH", "")
+    launch = sorted(LAUNCH.items())
     return repr((groups, card, cost_model.link_mode(), cost_model.assumed_hardware(), launch))
 
 

@@ -1,9 +1,9 @@
-"""The launch table that FLASHCOMM_LAUNCH overrides: parsed exactly, bad items named."""
+"""The launch table that FLASHCOMM_LAUNCH overrides: parsed exactly, bad items named, used by the kernels."""
 
 import pytest
 
 from flashcomm_compile.kernels import triton_kernels
-from flashcomm_compile.kernels.triton_kernels import Launch, parse_launch
+from flashcomm_compile.kernels.launches import LAUNCH, Launch, parse_launch
 
 
 def test_parse_launch_reads_each_kernel():
@@ -19,7 +19,8 @@ def test_parse_launch_names_the_bad_item(spec):
 
 
 def test_every_kernel_has_a_launch_that_holds_whole_groups():
-    assert set(triton_kernels.LAUNCH) == {"quantize", "dequant_sum_requant", "dequantize", "dequant_sum_requant_peers",
-                                          "dequantize_peers"}
-    for launch in triton_kernels.LAUNCH.values():
+    assert triton_kernels.LAUNCH is LAUNCH
+    assert set(LAUNCH) == {"quantize", "dequant_sum_requant", "dequantize", "dequant_sum_requant_peers",
+                           "dequantize_peers"}
+    for launch in LAUNCH.values():
         assert launch.block_groups(1024) >= 1 and launch.block_groups(32) * 32 <= max(launch.elements, 32)
