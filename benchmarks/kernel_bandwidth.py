@@ -27,7 +27,7 @@ from benchmarks.common import environment, print_table, write_json
 NUMEL = 32 * 2**20  # 64 MB of bf16
 WORLD = 2
 CONFIGS = [(4, 8, False), (8, 8, False), (2, 8, True)]
-SWEEP_ELEMENTS = (2048, 4096, 8192)
+SWEEP_ELEMENTS = (2048, 4096, 8192, 16384)
 SWEEP_WARPS = (4, 8)
 
 

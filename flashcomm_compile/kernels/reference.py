@@ -3,11 +3,12 @@
 It is the CPU implementation of the custom ops and the oracle of the kernel tests. Per group of G values x:
 
     zero = min(x), scale = max(x)/L - min(x)/L  (L = 2^bits - 1; the split division cannot overflow float32)
-    code = floor(clamp((x - zero) * (1 / scale), 0, L) + 0.5),  value = code * scale + zero
+    code = round(clamp((x - zero) * (1 / scale), 0, L)),  value = code * scale + zero
 
-One correctly rounded reciprocal per group and a multiply per value, not a division per value: divisions and float to
-int conversions run at a quarter of the GPU's arithmetic rate and made the quantize kernel compute-bound. A scale
-below 2^-100 is scaled by 2^100 first (exactly) so that its reciprocal stays finite.
+round to nearest, ties to even, of the exact product of (x - zero) and the float32 reciprocal (the kernel's FMA with
+2^23 rounds it once); the values of a non-finite group get code L. One correctly rounded reciprocal per group and a multiply per value, not a division per value:
+divisions and float to int conversions run at a quarter of the GPU's arithmetic rate and made the quantize kernel
+compute-bound. A scale below 2^-100 is scaled by 2^100 first (exactly) so that its reciprocal stays finite.
 
 With spike reserving the group's first argmax and argmin keep their exact values and min/max are taken over the
 rest. A group holding any inf or NaN gets scale = zero = NaN and no spikes (their index is G, out of range), so all
@@ -68,9 +69,9 @@ def quantize_groups(x: torch.Tensor, bits: int, spike_reserve: bool) -> Quantize
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
     prescale = torch.where(safe < TINY_SCALE, torch.full_like(safe, 1 / TINY_SCALE), torch.ones_like(safe))
     inverse = 1 / (safe * prescale)
-    v = (x - zero[:, None]) * prescale[:, None] * inverse[:, None]
-    v = torch.where(v == v, v, torch.zeros_like(v)).clamp(0.0, levels)
-    codes = torch.floor(v + 0.5).to(torch.int32)
+    shifted = (x - zero[:, None]) * prescale[:, None]
+    v = shifted.double() * inverse.double()[:, None]  # exact: two 24-bit significands
+    codes = torch.where(v == v, v, torch.full_like(v, levels)).clamp(0.0, levels).round().to(torch.int32)
     return QuantizedGroups(codes, scale, zero, hi, lo, hi_index, lo_index)
 
 

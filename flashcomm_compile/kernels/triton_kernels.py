@@ -21,17 +21,18 @@ from .layout import PayloadLayout
 
 @triton.jit
 def _pack(q, BITS: tl.constexpr, G: tl.constexpr, BLOCK_G: tl.constexpr):
-    """Codes [BLOCK_G, G] -> bytes [BLOCK_G, G * BITS / 8]; code i of a byte at bit i * BITS. Pairs are split off
+    """Codes [BLOCK_G, G] -> bytes [BLOCK_G, G * BITS / 8]; code i of a byte at bit i * BITS. Only the low byte of
+    each int32 is read, and only its low BITS bits may be set (bits above the byte are dropped). Pairs are split off
     the last axis (register moves) rather than shifted and summed over a 3-D reshape (layout conversions)."""
     if BITS == 8:
         packed = q
     elif BITS == 4:
         even, odd = tl.split(tl.reshape(q, (BLOCK_G, G // 2, 2)))
-        packed = even | (odd << 4)
+        packed = even + (odd << 4)  # one shift-add; what it carries past the low byte is dropped
     else:
         first, second = tl.split(tl.reshape(q, (BLOCK_G, G // 4, 2, 2)))
-        low, high = tl.split(first | (second << 2))
-        packed = low | (high << 4)
+        low, high = tl.split(first + (second << 2))
+        packed = low + (high << 4)
     return packed.to(tl.uint8)
 
 
@@ -53,26 +54,61 @@ MAGIC_BITS: tl.constexpr = tl.constexpr(0x4B000000)  # the bits of 2^23 as a flo
 
 
 @triton.jit
-def _floor_to_int(t):
-    """floor(t) as int32 for 0 <= t < 2^22 with adds and compares only: float <-> int conversions run at a quarter
-    of the arithmetic rate. t + 2^23 rounds t to the nearest integer; one less where that rounded up."""
-    big = t + MAGIC
-    nearest = big.to(tl.int32, bitcast=True) - MAGIC_BITS
-    return nearest - ((big - MAGIC) > t).to(tl.int32)
-
-
-@triton.jit
 def _to_float(q):
     """int32 codes in [0, 2^23) -> float32, exactly, without a conversion instruction."""
     return (q | MAGIC_BITS).to(tl.float32, bitcast=True) - MAGIC
 
 
 @triton.jit
+def _max_nan(a, b):
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def _min_nan(a, b):
+    return tl.minimum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def _is_finite(v):
+    return tl.abs(v) < float("inf")
+
+
+@triton.jit
+def _group_params(mx, mn, nonfinite, LEVELS: tl.constexpr):
+    """scale and zero as stored, and what each value is multiplied by, per group (row)."""
+    # correctly rounded divisions: x / L - y / L may otherwise contract into an FMA, nonzero (even negative) for x == y
+    scale = tl.where(nonfinite, float("nan"), tl.math.div_rn(mx, LEVELS) - tl.math.div_rn(mn, LEVELS))
+    zero = tl.where(nonfinite, float("nan"), mn)
+    safe = tl.where(scale > 0, scale, 1.0)
+    prescale = tl.where(safe < TINY_SCALE, 1.0 / TINY_SCALE, 1.0)
+    inverse = tl.math.div_rn(1.0, safe * prescale)
+    return scale, zero, prescale, inverse
+
+
+@triton.jit
+def _codes(x, zero, prescale, inverse, LEVELS: tl.constexpr, BELOW_ZERO: tl.constexpr):
+    """Codes of x [rows, columns] as int32 whose low byte is the code (see _pack): two FMAs and a clamp per value.
+    Values below `zero` exist only with BELOW_ZERO (spikes); a NaN (non-finite group) gets code LEVELS."""
+    # (x - zero) * prescale, exactly as the reference rounds it: scaling by a power of two commutes with rounding
+    shifted = tl.fma(x, prescale[:, None], -(zero * prescale)[:, None])
+    # MAGIC + the exact product rounds it to the nearest integer (ties to even); min turns NaN into its other operand
+    big = tl.minimum(tl.fma(shifted, inverse[:, None], MAGIC), MAGIC + LEVELS)
+    if BELOW_ZERO:
+        big = tl.maximum(big, MAGIC)
+    return big.to(tl.int32, bitcast=True)
+
+
+@triton.jit
 def _quantize_tile(x, BITS: tl.constexpr, G: tl.constexpr, SPIKE: tl.constexpr, BLOCK_G: tl.constexpr):
+    """Whole groups [BLOCK_G, G] -> packed codes and per-group metadata. A NaN-propagating max and min also tell a
+    non-finite group (a NaN, or an infinity at an end)."""
     LEVELS: tl.constexpr = (1 << BITS) - 1
-    column = tl.arange(0, G)[None, :]
-    nonfinite = tl.max(((x != x) | (tl.abs(x) == float("inf"))).to(tl.int32), axis=1) > 0
+    mx = tl.reduce(x, 1, _max_nan)
+    mn = tl.reduce(x, 1, _min_nan)
+    nonfinite = ~(_is_finite(mx) & _is_finite(mn))
     if SPIKE:
+        column = tl.arange(0, G)[None, :]
         finite = tl.where(nonfinite[:, None], 0.0, x)  # a non-finite group keeps no spikes (index G)
         hi_index = tl.where(nonfinite, G, tl.argmax(finite, axis=1))
         lo_index = tl.where(nonfinite, G, tl.argmin(finite, axis=1))
@@ -85,19 +121,11 @@ def _quantize_tile(x, BITS: tl.constexpr, G: tl.constexpr, SPIKE: tl.constexpr, 
     else:
         hi_index = tl.zeros((BLOCK_G,), tl.int32)
         lo_index = hi_index
-        mx = tl.max(x, axis=1)
-        mn = tl.min(x, axis=1)
         hi = mx
         lo = mn
-    # correctly rounded divisions: x / L - y / L may otherwise contract into an FMA, nonzero (even negative) for x == y
-    scale = tl.where(nonfinite, float("nan"), tl.math.div_rn(mx, LEVELS) - tl.math.div_rn(mn, LEVELS))
-    zero = tl.where(nonfinite, float("nan"), mn)
-    safe = tl.where(scale > 0, scale, 1.0)
-    prescale = tl.where(safe < TINY_SCALE, 1.0 / TINY_SCALE, 1.0)
-    inverse = tl.math.div_rn(1.0, safe * prescale)
-    v = (x - zero[:, None]) * prescale[:, None] * inverse[:, None]
-    v = tl.minimum(tl.maximum(tl.where(v == v, v, 0.0), 0.0), LEVELS)
-    return _pack(_floor_to_int(v + 0.5), BITS, G, BLOCK_G), scale, zero, hi, lo, hi_index, lo_index
+    scale, zero, prescale, inverse = _group_params(mx, mn, nonfinite, LEVELS)
+    packed = _pack(_codes(x, zero, prescale, inverse, LEVELS, SPIKE), BITS, G, BLOCK_G)
+    return packed, scale, zero, hi, lo, hi_index, lo_index
 
 
 @triton.jit
@@ -141,17 +169,54 @@ def _load_groups(u8, f32, i16, base, group, groups_per_chunk, valid, BITS: tl.co
     return v
 
 
+PART: tl.constexpr = tl.constexpr(32)  # values of a group one part holds: 4 threads of 8 values (16-byte loads)
+
+
+@triton.jit
+def _load_part(x, group, part, numel, G: tl.constexpr):
+    """Values part * PART .. + PART of each group, in x's dtype (min and max need no conversion: 2 values an op)."""
+    offsets = group.to(tl.int64)[:, None] * G + part * PART + tl.arange(0, PART)[None, :]
+    return tl.load(x + offsets, mask=offsets < numel, other=0.0)
+
+
 @triton.jit
 def quantize_kernel(x, u8, f32, i16, numel, total_groups, groups_per_chunk, chunk_bytes, BITS: tl.constexpr,
                     G: tl.constexpr, SPIKE: tl.constexpr, BLOCK_G: tl.constexpr):
+    """Spike reserving takes whole groups as one tile (argmax). Otherwise each group is read in parts of 32 values,
+    each part as its own [BLOCK_G, 32] tile: 4 threads share a group rather than 16, so the per-group work (the
+    reductions' shuffles, three divisions) is repeated on 4 threads, and each thread holds a group's parts side by
+    side. The kernel was bound by instructions issued, not by memory; this is most of what it issues per value."""
     group = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
     valid = group < total_groups
-    offsets = group.to(tl.int64)[:, None] * G + tl.arange(0, G)[None, :]
-    values = tl.load(x + offsets, mask=offsets < numel, other=0.0).to(tl.float32)
-    packed, scale, zero, hi, lo, hi_index, lo_index = _quantize_tile(values, BITS, G, SPIKE, BLOCK_G)
     base = (group // groups_per_chunk).to(tl.int64) * chunk_bytes
-    _store_groups(u8, f32, i16, base, group % groups_per_chunk, groups_per_chunk, valid, packed, scale, zero, hi, lo,
-                  hi_index, lo_index, BITS, G, SPIKE)
+    if SPIKE:
+        offsets = group.to(tl.int64)[:, None] * G + tl.arange(0, G)[None, :]
+        values = tl.load(x + offsets, mask=offsets < numel, other=0.0).to(tl.float32)
+        packed, scale, zero, hi, lo, hi_index, lo_index = _quantize_tile(values, BITS, G, SPIKE, BLOCK_G)
+        _store_groups(u8, f32, i16, base, group % groups_per_chunk, groups_per_chunk, valid, packed, scale, zero, hi,
+                      lo, hi_index, lo_index, BITS, G, SPIKE)
+    else:
+        LEVELS: tl.constexpr = (1 << BITS) - 1
+        PART_BYTES: tl.constexpr = PART * BITS // 8
+        mx = tl.full((BLOCK_G,), float("-inf"), x.dtype.element_ty)
+        mn = tl.full((BLOCK_G,), float("inf"), x.dtype.element_ty)
+        for part in tl.static_range(G // PART):
+            values = _load_part(x, group, part, numel, G)
+            mx = _max_nan(mx, tl.reduce(values, 1, _max_nan))
+            mn = _min_nan(mn, tl.reduce(values, 1, _min_nan))
+        mx = mx.to(tl.float32)
+        mn = mn.to(tl.float32)
+        scale, zero, prescale, inverse = _group_params(mx, mn, ~(_is_finite(mx) & _is_finite(mn)), LEVELS)
+        in_chunk = group % groups_per_chunk
+        row = base + in_chunk * (G * BITS // 8)
+        for part in tl.static_range(G // PART):
+            values = _load_part(x, group, part, numel, G).to(tl.float32)
+            codes = _codes(values, zero, prescale, inverse, LEVELS, False)
+            where = row[:, None] + part * PART_BYTES + tl.arange(0, PART_BYTES)[None, :]
+            tl.store(u8 + where, _pack(codes, BITS, PART, BLOCK_G), mask=valid[:, None])
+        meta = (base + groups_per_chunk * (G * BITS // 8)) // 4 + in_chunk
+        tl.store(f32 + meta, scale, mask=valid)
+        tl.store(f32 + meta + groups_per_chunk, zero, mask=valid)
 
 
 @triton.jit
