@@ -174,9 +174,9 @@ PART: tl.constexpr = tl.constexpr(32)  # values of a group one part holds: 4 thr
 
 @triton.jit
 def _load_part(x, group, part, numel, G: tl.constexpr):
-    """Values part * PART .. + PART of each group, in x's dtype (min and max need no conversion: 2 values an op)."""
+    """Values part * PART .. + PART of each group, as float32 (Triton 3.6 computes bf16 min/max in float32 too)."""
     offsets = group.to(tl.int64)[:, None] * G + part * PART + tl.arange(0, PART)[None, :]
-    return tl.load(x + offsets, mask=offsets < numel, other=0.0)
+    return tl.load(x + offsets, mask=offsets < numel, other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -198,19 +198,17 @@ def quantize_kernel(x, u8, f32, i16, numel, total_groups, groups_per_chunk, chun
     else:
         LEVELS: tl.constexpr = (1 << BITS) - 1
         PART_BYTES: tl.constexpr = PART * BITS // 8
-        mx = tl.full((BLOCK_G,), float("-inf"), x.dtype.element_ty)
-        mn = tl.full((BLOCK_G,), float("inf"), x.dtype.element_ty)
+        mx = tl.full((BLOCK_G,), float("-inf"), tl.float32)
+        mn = tl.full((BLOCK_G,), float("inf"), tl.float32)
         for part in tl.static_range(G // PART):
             values = _load_part(x, group, part, numel, G)
             mx = _max_nan(mx, tl.reduce(values, 1, _max_nan))
             mn = _min_nan(mn, tl.reduce(values, 1, _min_nan))
-        mx = mx.to(tl.float32)
-        mn = mn.to(tl.float32)
         scale, zero, prescale, inverse = _group_params(mx, mn, ~(_is_finite(mx) & _is_finite(mn)), LEVELS)
         in_chunk = group % groups_per_chunk
         row = base + in_chunk * (G * BITS // 8)
         for part in tl.static_range(G // PART):
-            values = _load_part(x, group, part, numel, G).to(tl.float32)
+            values = _load_part(x, group, part, numel, G)
             codes = _codes(values, zero, prescale, inverse, LEVELS, False)
             where = row[:, None] + part * PART_BYTES + tl.arange(0, PART_BYTES)[None, :]
             tl.store(u8 + where, _pack(codes, BITS, PART, BLOCK_G), mask=valid[:, None])
