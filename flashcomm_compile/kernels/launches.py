@@ -23,7 +23,7 @@ class Launch:
         return max(1, self.elements // group_size)
 
 
-LAUNCH = {"quantize": Launch(4096, 4), "dequant_sum_requant": Launch(2048, 4), "dequantize": Launch(2048, 4),
+LAUNCH = {"quantize": Launch(4096, 4), "dequant_sum_requant": Launch(4096, 4), "dequantize": Launch(8192, 4),
           "dequant_sum_requant_peers": Launch(2048, 4), "dequantize_peers": Launch(2048, 4)}
 
 

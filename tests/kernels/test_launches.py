@@ -1,9 +1,14 @@
-"""The launch table that FLASHCOMM_LAUNCH overrides: parsed exactly, bad items named, used by the kernels."""
+"""The launch table that FLASHCOMM_LAUNCH overrides: parsed exactly, bad items named, used by the kernels, and\nwithout effect on the bytes."""
+
+import os
 
 import pytest
+import torch
 
-from flashcomm_compile.kernels import triton_kernels
+from flashcomm_compile.kernels import reference, triton_kernels
 from flashcomm_compile.kernels.launches import LAUNCH, Launch, parse_launch
+from tests.kernels.simulate import simulate
+from tests.strategies import make_activation
 
 
 def test_parse_launch_reads_each_kernel():
@@ -24,3 +29,21 @@ def test_every_kernel_has_a_launch_that_holds_whole_groups():
                            "dequantize_peers"}
     for launch in LAUNCH.values():
         assert launch.block_groups(1024) >= 1 and launch.block_groups(32) * 32 <= max(launch.elements, 32)
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="Triton on CPU needs TRITON_INTERPRET=1")
+@pytest.mark.parametrize("launch", [Launch(1024, 4), Launch(8192, 8)])
+@pytest.mark.parametrize("reduce_bits, group_size, spike", [(4, 128, False), (8, 32, False), (2, 32, True)])
+def test_a_launch_changes_how_groups_are_split_not_the_bytes(monkeypatch, launch, reduce_bits, group_size, spike):
+    """Every kernel at another launch gives the bytes of the default launch (and of the reference, for the payloads;
+    the interpreter's bf16 output rounding is checked in test_triton_kernels). 3000 values per rank leave a partial
+    last program and a partial group."""
+    inputs = [make_activation(3000, torch.bfloat16, "outliers", seed) for seed in range(2)]
+    default, _ = simulate(triton_kernels, inputs, reduce_bits, 8, group_size, spike)
+    for kernel in ("quantize", "dequant_sum_requant", "dequantize"):
+        monkeypatch.setitem(LAUNCH, kernel, launch)
+    got, _ = simulate(triton_kernels, inputs, reduce_bits, 8, group_size, spike)
+    want, _ = simulate(reference, inputs, reduce_bits, 8, group_size, spike)
+    assert all(torch.equal(a, b) and torch.equal(a, c) for a, b, c in zip(got.sent, default.sent, want.sent))
+    assert torch.equal(got.gathered, default.gathered) and torch.equal(got.gathered, want.gathered)
+    assert torch.equal(got.outputs[0].view(torch.int16), default.outputs[0].view(torch.int16))
