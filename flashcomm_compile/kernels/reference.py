@@ -6,9 +6,9 @@ It is the CPU implementation of the custom ops and the oracle of the kernel test
     code = round(clamp((x - zero) * (1 / scale), 0, L)),  value = code * scale + zero
 
 round to nearest, ties to even, of the exact product of (x - zero) and the float32 reciprocal (the kernel's FMA with
-2^23 rounds it once); the values of a non-finite group get code L. One correctly rounded reciprocal per group and a multiply per value, not a division per value:
-divisions and float to int conversions run at a quarter of the GPU's arithmetic rate and made the quantize kernel
-compute-bound. A scale below 2^-100 is scaled by 2^100 first (exactly) so that its reciprocal stays finite.
+2^23 rounds it once); the values of a non-finite group get code L. One correctly rounded reciprocal per group and a
+multiply per value, not a division per value: divisions and float to int conversions run at a quarter of the GPU's
+arithmetic rate. A scale below 2^-100 is scaled by 2^100 first (exactly) so that its reciprocal stays finite.
 
 With spike reserving the group's first argmax and argmin keep their exact values and min/max are taken over the
 rest. A group holding any inf or NaN gets scale = zero = NaN and no spikes (their index is G, out of range), so all

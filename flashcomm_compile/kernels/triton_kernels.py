@@ -1,7 +1,9 @@
 """Triton kernels of the two-step pipeline, specialised (constexpr) per bit width, group size, world size and spike
-reserving; the input dtype specialises through the pointer type. Each program handles BLOCK_G whole groups as a
-[BLOCK_G, G] tile, so a group's min/max is a row reduction and codes are packed in registers straight into the one
-payload buffer. The arithmetic mirrors `reference.py` line for line; see it for the quantization rule.
+reserving; the input dtype specialises through the pointer type. Each program handles BLOCK_G whole groups, as a
+[BLOCK_G, G] tile (or, in the quantize, as G / 32 tiles of [BLOCK_G, 32]), so a group's min/max is a row reduction and
+codes are packed in registers straight into the one payload buffer. The arithmetic gives `reference.py`'s bytes; see
+it for the quantization rule. The kernels issue few instructions per value: at a few dozen they are bound by issue,
+not by memory (docs/perf-notes.md).
 
 The payload is passed three times (as uint8, float32 and int16 views of the same bytes) so that the metadata can be
 stored with typed accesses without pointer casts, which also keeps the kernels runnable under TRITON_INTERPRET=1.
@@ -185,7 +187,7 @@ def quantize_kernel(x, u8, f32, i16, numel, total_groups, groups_per_chunk, chun
     """Spike reserving takes whole groups as one tile (argmax). Otherwise each group is read in parts of 32 values,
     each part as its own [BLOCK_G, 32] tile: 4 threads share a group rather than 16, so the per-group work (the
     reductions' shuffles, three divisions) is repeated on 4 threads, and each thread holds a group's parts side by
-    side. The kernel was bound by instructions issued, not by memory; this is most of what it issues per value."""
+    side. Each part is read twice: for min/max, then for its codes."""
     group = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
     valid = group < total_groups
     base = (group // groups_per_chunk).to(tl.int64) * chunk_bytes
