@@ -33,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--chunks", type=int, default=FlashCommConfig.chunks, help="pieces per all-reduce, pipelined")
     p.add_argument("--transport", choices=TRANSPORTS, default=FlashCommConfig.transport)
     p.add_argument("--hardware", help='predict with the measurements of e.g. "NVIDIA H200|default"')
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="predict for a model replayed in CUDA graphs (mode reduce-overhead): no host time counted")
     p.add_argument("--dynamic", action="store_true", help="trace with dynamic shapes")
     p.add_argument("--format", choices=("text", "json", "html"), default="text")
     p.add_argument("--out", help="write the report here instead of standard output")
@@ -60,7 +62,7 @@ def _inspect(args: argparse.Namespace) -> str:
 
     options = dict(reduce_bits=args.reduce_bits, gather_bits=args.gather_bits, group_size=args.group_size,
                    spike_reserve=args.spike_reserve, mode=args.mode, min_bytes=args.min_bytes, chunks=args.chunks,
-                   transport=args.transport)
+                   transport=args.transport, cuda_graphs=True if args.cuda_graphs else None)
     try:
         FlashCommConfig(**options)
     except ValueError as e:

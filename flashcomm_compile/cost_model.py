@@ -1,7 +1,9 @@
 """Predicted time of an all-reduce on each path, from constants the all-reduce benchmark measured.
 
 Each path is modelled as latency + size / bandwidth (a line in microseconds against megabytes), fitted per GPU,
-link mode and world size by `benchmarks/fit_cost_model.py` into `cost_table.json`. "auto" rewrites an all-reduce
+link mode and world size by `benchmarks/fit_cost_model.py` into `cost_table.json` from GPU time in CUDA graphs.
+Without CUDA graphs a rewritten all-reduce also costs HOST_US of host time that the GPU waits for when the model is
+small (prefill of 1x512 ran 3x slower): it is added to the flashcomm line there. "auto" rewrites an all-reduce
 only where the flashcomm line lies at least SAFETY below NCCL's, so a misprediction of a few percent cannot make it
 slower; where the table has no entry for the hardware it falls back to the `min_bytes` threshold. The decision
 depends only on the message size, the config and the hardware, which every rank shares, so every rank agrees.
@@ -24,6 +26,10 @@ from .config import FlashCommConfig
 
 TABLE_PATH = Path(__file__).with_name("cost_table.json")
 SAFETY = 0.95  # rewrite only where predicted flashcomm time <= SAFETY x predicted NCCL time
+# Host time a rewritten all-reduce adds to NCCL's where no CUDA graph replays it: Llama-3-8B shapes, 8 layers, 1x512
+# prefill, 2x H100, P2P disabled, Inductor default mode (2026-11-26): 16 rewritten all-reduces took 6.5 ms longer
+# than NCCL's while their GPU time was 0.75 ms shorter, about 0.45 ms each (ttft_p2p-disabled_*H100*_w2.json).
+HOST_US = 450.0
 
 
 @dataclass(frozen=True)
@@ -37,9 +43,12 @@ class Line:
 
 @dataclass(frozen=True)
 class Prediction:
+    """The two lines for one hardware; `flashcomm` includes `host_us` where no CUDA graph hides the host time."""
+
     hardware: str
     nccl: Line
     flashcomm: Line
+    host_us: float = 0.0
 
     @property
     def threshold_bytes(self) -> float:
@@ -84,10 +93,21 @@ def _table() -> dict:
     return json.loads(TABLE_PATH.read_text()) if TABLE_PATH.exists() else {}
 
 
+def replayed_in_cuda_graphs(config: FlashCommConfig) -> bool:
+    """config.cuda_graphs, or where it is None whether Inductor is compiling for CUDA graphs (read during the pass)."""
+    if config.cuda_graphs is not None:
+        return config.cuda_graphs
+    from torch._inductor import config as inductor_config
+
+    return bool(inductor_config.triton.cudagraphs)
+
+
 def predict(device: torch.device, world_size: int, config: FlashCommConfig) -> Prediction | None:
     """The two lines for this hardware and config, or None where nothing was measured."""
     key = hardware_key(device, world_size)
     entry = _table().get(key, {})
     if "nccl" not in entry or config.variant not in entry:
         return None
-    return Prediction(key, Line(**entry["nccl"]), Line(**entry[config.variant]))
+    host_us = 0.0 if replayed_in_cuda_graphs(config) else HOST_US
+    gpu = Line(**entry[config.variant])
+    return Prediction(key, Line(**entry["nccl"]), Line(gpu.latency_us + host_us, gpu.us_per_mb), host_us)

@@ -7,7 +7,8 @@ JSON schema (version 1), see `Report.to_json`:
                 "bytes": str, "group": str, "decision": "rewritten" | "kept", "reason": str,
                 "reduce_payload_bytes": str | null, "gather_payload_bytes": str | null,
                 "compression": float | null, "padding": str | null,
-                "predicted_us": {"nccl": float, "flashcomm": float} | null}],
+                "predicted_us": {"nccl": float, "flashcomm": float, "host": float} | null}],  (host: of flashcomm's,
+                the host time counted without CUDA graphs)
      "totals": {"sites": int, "rewritten": int, "kept": int, "bytes": int | null, "wire_bytes_nccl": int | null,
                 "wire_bytes_flashcomm": int | null, "predicted_us_nccl": float | null,
                 "predicted_us_flashcomm": float | null},
@@ -95,7 +96,8 @@ def _row(graph: int, report: SiteReport, config: FlashCommConfig) -> SiteRow:
     prediction = report.decision.prediction
     if prediction is not None and site.is_static:
         row.predicted_us = dict(nccl=round(prediction.nccl.predict_us(site.nbytes), 1),
-                                flashcomm=round(prediction.flashcomm.predict_us(site.nbytes), 1))
+                                flashcomm=round(prediction.flashcomm.predict_us(site.nbytes), 1),
+                                host=prediction.host_us)
     return row
 
 

@@ -13,7 +13,7 @@ from flashcomm_compile.passes.engine import FlashCommPass
 @pytest.mark.parametrize("field, value", [
     ("reduce_bits", 3), ("gather_bits", 16), ("group_size", 100), ("mode", "sometimes"), ("min_bytes", -1),
     ("spike_reserve", 1), ("backward", "yes"), ("reduce_bits", True), ("chunks", 0), ("chunks", 65), ("chunks", True),
-    ("transport", "nvshmem"), ("transport", None),
+    ("transport", "nvshmem"), ("transport", None), ("cuda_graphs", "yes"), ("cuda_graphs", 1),
 ])
 def test_invalid_config_value_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):
@@ -44,7 +44,7 @@ def test_uuid_covers_the_config():
     assert FlashCommPass(FlashCommConfig()).uuid() == base
     for change in (dict(reduce_bits=8), dict(gather_bits=4), dict(group_size=64), dict(spike_reserve=True),
                    dict(mode="always"), dict(min_bytes=0), dict(backward=True), dict(chunks=2),
-                   dict(transport="symm_mem")):
+                   dict(transport="symm_mem"), dict(cuda_graphs=True)):
         assert FlashCommPass(FlashCommConfig(**change)).uuid() != base, change
 
 

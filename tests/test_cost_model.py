@@ -28,12 +28,33 @@ def test_lookup_by_card_link_world_and_variant(monkeypatch):
                                 "INT4/INT8 g128": dict(latency_us=20.0, us_per_mb=1.0)}}
     monkeypatch.setattr(cost_model, "_table", lambda: table)
     monkeypatch.delenv("NCCL_P2P_DISABLE", raising=False)
-    p = cost_model.predict(torch.device("cpu"), 2, FlashCommConfig())
+    p = cost_model.predict(torch.device("cpu"), 2, FlashCommConfig(cuda_graphs=True))
     assert p is not None and p.flashcomm == Line(20.0, 1.0)
     assert cost_model.predict(torch.device("cpu"), 4, FlashCommConfig()) is None
     assert cost_model.predict(torch.device("cpu"), 2, FlashCommConfig(reduce_bits=8)) is None
     monkeypatch.setenv("NCCL_P2P_DISABLE", "1")
     assert cost_model.predict(torch.device("cpu"), 2, FlashCommConfig()) is None
+
+
+def test_without_cuda_graphs_a_rewrite_costs_host_time(monkeypatch):
+    """Inductor's default mode launches each rewritten all-reduce's ops from Python: its host time is added to the
+    flashcomm line, which moves the threshold up; CUDA graphs (Inductor's reduce-overhead, or the caller's) hide it."""
+    from torch._inductor import config as inductor_config
+
+    table = {"cpu|default|w2": {"nccl": dict(latency_us=10.0, us_per_mb=20.0),
+                                "INT4/INT8 g128": dict(latency_us=30.0, us_per_mb=5.0)}}
+    monkeypatch.setattr(cost_model, "_table", lambda: table)
+    monkeypatch.delenv("NCCL_P2P_DISABLE", raising=False)
+    cpu = torch.device("cpu")
+    hidden = cost_model.predict(cpu, 2, FlashCommConfig(cuda_graphs=True))
+    counted = cost_model.predict(cpu, 2, FlashCommConfig(cuda_graphs=False))
+    assert hidden.host_us == 0 and counted.host_us == cost_model.HOST_US
+    assert counted.flashcomm == Line(30.0 + cost_model.HOST_US, 5.0)
+    assert counted.threshold_bytes > hidden.threshold_bytes
+    with inductor_config.patch({"triton.cudagraphs": False}):
+        assert cost_model.predict(cpu, 2, FlashCommConfig()) == counted
+    with inductor_config.patch({"triton.cudagraphs": True}):
+        assert cost_model.predict(cpu, 2, FlashCommConfig()) == hidden
 
 
 def test_shipped_table_has_measured_entries():

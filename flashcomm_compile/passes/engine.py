@@ -91,7 +91,8 @@ class FlashCommPass(CustomGraphPass):
         self.records.append(GraphRecord(before, _graph_code(graph), sites, ops))
 
     def uuid(self) -> bytes:
-        return get_hash_for_files(_source_files(), extra=repr(self.config) + compile_environment())
+        graphs = cost_model.replayed_in_cuda_graphs(self.config)  # "auto" counts host time only without them
+        return get_hash_for_files(_source_files(), extra=repr((self.config, graphs)) + compile_environment())
 
 
 def compile_environment() -> str:

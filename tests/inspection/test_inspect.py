@@ -75,6 +75,22 @@ def test_predictions_for_a_target_gpu():
     assert first.reason.startswith("below the cost model's threshold")
 
 
+def test_predictions_count_host_time_without_cuda_graphs(tmp_path):
+    """Inductor's default mode: a rewrite's host time is part of its prediction; in CUDA graphs (--cuda-graphs) not."""
+    from flashcomm_compile import cost_model
+
+    hardware = "NVIDIA H200|p2p-disabled"
+    counted = inspect_factory(factories.mixed, world_size=2, hardware=hardware).sites[0].predicted_us
+    out = tmp_path / "report.json"
+    done = _cli("tests.inspection.factories:mixed", "--hardware", hardware, "--cuda-graphs", "--format", "json",
+                "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    hidden = json.loads(out.read_text())["sites"][0]["predicted_us"]
+    assert counted["host"] == cost_model.HOST_US and hidden["host"] == 0
+    assert counted["flashcomm"] - hidden["flashcomm"] == pytest.approx(cost_model.HOST_US, abs=0.1)
+    assert counted["nccl"] == hidden["nccl"]
+
+
 def test_symm_mem_transport_for_a_target_gpu():
     """On a CPU, for GPUs that map each other's memory: each eligible all-reduce becomes the one symm_mem op (run
     here by the NCCL transport's pipeline, which computes the same bytes)."""
