@@ -17,6 +17,7 @@ from hypothesis import assume, given
 
 from flashcomm_compile.kernels import reference
 from flashcomm_compile.kernels.bounds import pipeline_error_bound
+from flashcomm_compile.kernels.layout import PayloadLayout
 from tests.kernels.simulate import simulate
 from tests.strategies import PIPELINE_CASES, interpreter_misreads, make_activation
 
@@ -86,3 +87,18 @@ def test_kernels_keep_non_finite_non_finite(device, bad):
     got, _ = simulate(_triton(), [x.to(device) for x in inputs], 4, 8, 128, True)
     value = got.outputs[0][1234].item()
     assert value != value or abs(value) == float("inf")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_codes_round_halfway_values_to_even(device):
+    """A group holding 0 and 15 has scale 1 at 4 bits, so k + 0.5 lies exactly halfway between two codes: the
+    kernel and the reference both code it to the even one (round-to-nearest-even of the exact product)."""
+    halves = torch.arange(15, dtype=torch.float32) + 0.5
+    group = torch.cat([torch.tensor([0.0, 15.0]), halves, torch.arange(1, 16, dtype=torch.float32)])
+    x = group.repeat(2)  # one group for each of 2 ranks' chunks
+    layout = PayloadLayout(x.numel(), 2, 4, 32, False)
+    want = torch.tensor([round(v) for v in group.tolist()], dtype=torch.int32).repeat(2)
+    for impl in (reference, _triton()):
+        codes = reference.decode(impl.quantize(x.to(device), layout).cpu(), layout).codes.reshape(-1)
+        assert torch.equal(codes, want), impl.__name__
+    assert want[2:17].tolist() == [0, 2, 2, 4, 4, 6, 6, 8, 8, 10, 10, 12, 12, 14, 14]  # Python's round: ties to even
