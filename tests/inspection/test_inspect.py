@@ -77,14 +77,13 @@ def test_predictions_for_a_target_gpu():
 
 def test_predictions_count_host_time_without_cuda_graphs(tmp_path):
     """Inductor's default mode: a rewrite's host time is part of its prediction; in CUDA graphs (--cuda-graphs) not."""
-    from flashcomm_compile import cost_model
+    from flashcomm_compile import cli, cost_model
 
     hardware = "NVIDIA H200|p2p-disabled"
     counted = inspect_factory(factories.mixed, world_size=2, hardware=hardware).sites[0].predicted_us
     out = tmp_path / "report.json"
-    done = _cli("tests.inspection.factories:mixed", "--hardware", hardware, "--cuda-graphs", "--format", "json",
-                "--out", str(out))
-    assert done.returncode == 0, done.stderr
+    assert cli.main(["inspect", "tests.inspection.factories:mixed", "--hardware", hardware, "--cuda-graphs",
+                     "--format", "json", "--out", str(out)]) == 0
     hidden = json.loads(out.read_text())["sites"][0]["predicted_us"]
     assert counted["host"] == cost_model.HOST_US and hidden["host"] == 0
     assert counted["flashcomm"] - hidden["flashcomm"] == pytest.approx(cost_model.HOST_US, abs=0.1)

@@ -32,8 +32,8 @@ def test_every_kernel_has_a_launch_that_holds_whole_groups():
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="Triton on CPU needs TRITON_INTERPRET=1")
-@pytest.mark.parametrize("launch", [Launch(1024, 4), Launch(8192, 8)])
-@pytest.mark.parametrize("reduce_bits, group_size, spike", [(4, 128, False), (8, 32, False), (2, 32, True)])
+@pytest.mark.parametrize("launch, reduce_bits, group_size, spike", [
+    (Launch(1024, 4), 4, 128, False), (Launch(8192, 8), 8, 32, False), (Launch(8192, 8), 2, 32, True)])
 def test_a_launch_changes_how_groups_are_split_not_the_bytes(monkeypatch, launch, reduce_bits, group_size, spike):
     """Every kernel at another launch gives the bytes of the default launch (and of the reference, for the payloads;
     the interpreter's bf16 output rounding is checked in test_triton_kernels). 3000 values per rank leave a partial
