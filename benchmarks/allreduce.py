@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 
-from benchmarks.common import compile_every_variant, environment, print_table, use_link, write_json
+from benchmarks.common import SYMM_MEM_LINKS, compile_every_variant, environment, print_table, use_link, write_json
 from benchmarks.kernel_bandwidth import each_launch, fastest
 from flashcomm_compile.config import FlashCommConfig
 from flashcomm_compile.kernels import triton_kernels
@@ -45,8 +45,6 @@ FLASHCOMM_VARIANTS = {
     "INT4/INT8 symm_mem": dict(reduce_bits=4, gather_bits=8, transport="symm_mem"),
     "INT4/INT4 symm_mem": dict(reduce_bits=4, gather_bits=4, transport="symm_mem"),
 }
-# Symmetric memory reaches the peers over NVLink whatever NCCL_P2P_DISABLE says: timed in the default link mode only.
-SYMM_MEM_LINKS = ("default",)
 BREAKDOWN_SIZES = ((8192, 4096), (16384, 4096))
 BREAKDOWN_CONFIG = dict(reduce_bits=4, gather_bits=8, group_size=128, spike_reserve=False)
 

@@ -29,6 +29,10 @@ def environment() -> dict:
     )
 
 
+# Symmetric memory reaches the peers over NVLink whatever NCCL_P2P_DISABLE says: timed in the default link mode only.
+SYMM_MEM_LINKS = ("default",)
+
+
 def compile_every_variant() -> None:
     """Let dynamo compile one function once per benchmarked variant (and size class), and fail rather than fall back.
 

@@ -16,7 +16,7 @@ import argparse
 import torch
 import torch.distributed as dist
 
-from benchmarks.common import compile_every_variant, environment, print_table, use_link, write_json
+from benchmarks.common import SYMM_MEM_LINKS, compile_every_variant, environment, print_table, use_link, write_json
 from flashcomm_compile.examples.llama import LlamaShape, build, shard_with_funcol
 from flashcomm_compile.launch import run_ranks
 from flashcomm_compile.timing import median_ms
@@ -52,7 +52,7 @@ def _rank_main(rank: int, world: int, models: list[str], inductor_mode: str, lin
             "auto": flashcomm_compile.compile(model, mode="auto", inductor_mode=inductor_mode, dynamic=True,
                                               **FLASHCOMM),
         }
-        if link == "default":  # peers' memory is reached over NVLink whatever NCCL_P2P_DISABLE says: not with it
+        if link in SYMM_MEM_LINKS:
             variants["symm_mem"] = flashcomm_compile.compile(model, mode="always", inductor_mode=inductor_mode,
                                                              dynamic=True, transport="symm_mem", **FLASHCOMM)
         inputs = [torch.randn(b, s, shape.dim, device=device, dtype=torch.bfloat16) for b, s in BATCH_X_PROMPT]

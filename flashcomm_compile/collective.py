@@ -66,6 +66,11 @@ def _all_reduce_by_size(x: torch.Tensor, group_name: str, world_size: int, thres
         config = FlashCommConfig(reduce_bits=reduce_bits, gather_bits=gather_bits, group_size=group_size,
                                  spike_reserve=spike_reserve, mode="always", chunks=chunks)
         return two_step_all_reduce(x, group_name, world_size, config)
+    return nccl_all_reduce(x, group_name)
+
+
+def nccl_all_reduce(x: torch.Tensor, group_name: str) -> torch.Tensor:
+    """The plain all-reduce, below a run-time threshold."""
     return _c10d.wait_tensor(_c10d.all_reduce(x, "sum", group_name))
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .collective import two_step_all_reduce
+from .collective import nccl_all_reduce, two_step_all_reduce
 from .config import FlashCommConfig
 from .kernels.layout import PayloadLayout, validate_dtype
 
@@ -146,8 +146,7 @@ def symmetric_all_reduce(x: torch.Tensor, group_name: str, world_size: int, conf
 def _symm_mem_all_reduce(x: torch.Tensor, group_name: str, world_size: int, threshold_bytes: int, reduce_bits: int,
                          gather_bits: int, group_size: int, spike_reserve: bool) -> torch.Tensor:
     if x.numel() * x.element_size() < threshold_bytes:
-        c10d = torch.ops._c10d_functional
-        return c10d.wait_tensor(c10d.all_reduce(x, "sum", group_name))
+        return nccl_all_reduce(x, group_name)
     config = FlashCommConfig(reduce_bits=reduce_bits, gather_bits=gather_bits, group_size=group_size,
                              spike_reserve=spike_reserve, mode="always")
     if x.device.type != "cuda":  # inspection on a CPU for a GPU target: the NCCL transport computes the same bytes

@@ -131,16 +131,24 @@ def _quantize_tile(x, BITS: tl.constexpr, G: tl.constexpr, SPIKE: tl.constexpr, 
 
 
 @triton.jit
+def _store_scale_zero(f32, base, group, groups_per_chunk, valid, scale, zero, NB: tl.constexpr):
+    """The groups' scales, then zeros, after the chunk's codes (NB bytes a group); returns where they start (bytes)."""
+    start = base + groups_per_chunk * NB
+    meta = start // 4 + group
+    tl.store(f32 + meta, scale, mask=valid)
+    tl.store(f32 + meta + groups_per_chunk, zero, mask=valid)
+    return start
+
+
+@triton.jit
 def _store_groups(u8, f32, i16, base, group, groups_per_chunk, valid, packed, scale, zero, hi, lo, hi_index,
                   lo_index, BITS: tl.constexpr, G: tl.constexpr, SPIKE: tl.constexpr):
     NB: tl.constexpr = G * BITS // 8
     codes = base[:, None] + group[:, None] * NB + tl.arange(0, NB)[None, :]
     tl.store(u8 + codes, packed, mask=valid[:, None])
-    start = base + groups_per_chunk * NB
-    meta = start // 4 + group
-    tl.store(f32 + meta, scale, mask=valid)
-    tl.store(f32 + meta + groups_per_chunk, zero, mask=valid)
+    start = _store_scale_zero(f32, base, group, groups_per_chunk, valid, scale, zero, NB)
     if SPIKE:
+        meta = start // 4 + group
         tl.store(f32 + meta + 2 * groups_per_chunk, hi, mask=valid)
         tl.store(f32 + meta + 3 * groups_per_chunk, lo, mask=valid)
         index = start // 2 + 8 * groups_per_chunk + group
@@ -207,16 +215,15 @@ def quantize_kernel(x, u8, f32, i16, numel, total_groups, groups_per_chunk, chun
             mx = _max_nan(mx, tl.reduce(values, 1, _max_nan))
             mn = _min_nan(mn, tl.reduce(values, 1, _min_nan))
         scale, zero, prescale, inverse = _group_params(mx, mn, ~(_is_finite(mx) & _is_finite(mn)), LEVELS)
+        NB: tl.constexpr = G * BITS // 8
         in_chunk = group % groups_per_chunk
-        row = base + in_chunk * (G * BITS // 8)
+        row = base + in_chunk * NB
         for part in tl.static_range(G // PART):
             values = _load_part(x, group, part, numel, G)
             codes = _codes(values, zero, prescale, inverse, LEVELS, False)
             where = row[:, None] + part * PART_BYTES + tl.arange(0, PART_BYTES)[None, :]
             tl.store(u8 + where, _pack(codes, BITS, PART, BLOCK_G), mask=valid[:, None])
-        meta = (base + groups_per_chunk * (G * BITS // 8)) // 4 + in_chunk
-        tl.store(f32 + meta, scale, mask=valid)
-        tl.store(f32 + meta + groups_per_chunk, zero, mask=valid)
+        _store_scale_zero(f32, base, in_chunk, groups_per_chunk, valid, scale, zero, NB)
 
 
 @triton.jit

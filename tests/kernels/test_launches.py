@@ -1,4 +1,5 @@
-"""The launch table that FLASHCOMM_LAUNCH overrides: parsed exactly, bad items named, used by the kernels, and\nwithout effect on the bytes."""
+"""The launch table that FLASHCOMM_LAUNCH overrides: parsed exactly, bad items named, used by the kernels, and
+without effect on the bytes."""
 
 import os
 
