@@ -6,7 +6,6 @@
     flashcomm_compile.inspect(model, x, world_size=2)   # what the pass would do, without GPUs or peers
 """
 
-from . import kernels, symmetric  # noqa: F401  (register torch.ops.flashcomm)
 from .collective import two_step_all_reduce
 from .config import FlashCommConfig
 from .decorator import compile

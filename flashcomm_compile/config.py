@@ -14,7 +14,7 @@ SUPPORTED_BITS = (2, 4, 8)
 MAX_CHUNKS = 64
 SUPPORTED_GROUP_SIZES = (32, 64, 128, 256, 512, 1024)
 REWRITE_MODES = ("auto", "always", "never")
-TRANSPORTS = ("nccl", "symm_mem")
+TRANSPORTS = ("auto", "nccl", "symm_mem")
 
 
 @dataclass(frozen=True)
@@ -35,11 +35,12 @@ class FlashCommConfig:
         than one pipeline on H100 (x4 at 134 MB: 1.17x NCCL against 1.59x); pieces cost a final copy.
     transport: how the quantized bytes travel. "nccl": an all-to-all and an all-gather between the kernels.
         "symm_mem": the kernels read their peers' buffers in symmetric memory (NVLink / P2P CUDA GPUs), no NCCL
-        call (`symmetric.py`); one pipeline, so chunks must be 1.
-    cuda_graphs: whether the compiled code is replayed in CUDA graphs, which hide the host time a rewritten
-        all-reduce costs (about 0.45 ms of Python: custom op, Triton launches, collectives) and "auto" otherwise
-        counts. None: as Inductor compiles it (mode="reduce-overhead" turns them on); True where the caller captures
-        the compiled code in its own graph, as the all-reduce benchmark does.
+        call (`symmetric.py`); one pipeline, so chunks must be 1. "auto": symm_mem where the group's GPUs map each
+        other's memory and NCCL is not told to avoid peer-to-peer, nccl elsewhere (`passes/guards.py`).
+    cuda_graphs: whether the compiled code is replayed in CUDA graphs, which hide the host time of the launches a
+        rewritten all-reduce adds and "auto" otherwise counts (`cost_model.HOST_US`). None: as Inductor compiles
+        it (mode="reduce-overhead" turns them on); True where the caller captures the compiled code in its own
+        graph, as the all-reduce benchmark does.
     """
 
     reduce_bits: int = 4
@@ -50,7 +51,7 @@ class FlashCommConfig:
     min_bytes: int = 16 << 20
     backward: bool = False
     chunks: int = 1
-    transport: str = "nccl"
+    transport: str = "auto"
     cuda_graphs: bool | None = None
 
     def __post_init__(self) -> None:
@@ -84,14 +85,18 @@ class FlashCommConfig:
     @property
     def variant(self) -> str:
         """The quantization and transport, as the benchmarks and the cost table name it: "INT2+spike/INT4 g32",
-        "INT4/INT8 g128 symm_mem"."""
+        "INT4/INT8 g128 symm_mem" (transport "auto" is named once chosen: `with_transport`)."""
         spike = "+spike" if self.spike_reserve else ""
         transport = " symm_mem" if self.transport == "symm_mem" else ""
         return f"INT{self.reduce_bits}{spike}/INT{self.gather_bits} g{self.group_size}{transport}"
 
+    def with_transport(self, transport: str) -> "FlashCommConfig":
+        return dataclasses.replace(self, transport=transport)
+
     def describe(self) -> str:
         pieces = f" x{self.chunks} pieces" if self.chunks > 1 else ""
-        return f"{self.variant}{pieces} mode={self.mode}"
+        transport = " transport=auto" if self.transport == "auto" else ""
+        return f"{self.variant}{pieces} mode={self.mode}{transport}"
 
 
 def _check_choice(name: str, value: Any, choices: tuple) -> None:

@@ -5,6 +5,7 @@ JSON schema (version 1), see `Report.to_json`:
     {"version": 1, "world_size": int, "config": {FlashCommConfig fields}, "hardware": str | null,
      "sites": [{"graph": int, "node": str, "module": str, "source": str, "shape": [str], "dtype": str,
                 "bytes": str, "group": str, "decision": "rewritten" | "kept", "reason": str,
+                "transport": "nccl" | "symm_mem" | null, "transport_reason": str,
                 "reduce_payload_bytes": str | null, "gather_payload_bytes": str | null,
                 "compression": float | null, "padding": str | null,
                 "predicted_us": {"nccl": float, "flashcomm": float, "host": float} | null}],  (host: of flashcomm's,
@@ -49,6 +50,8 @@ class SiteRow:
     group: str
     decision: str
     reason: str
+    transport: str | None = None  # where rewritten: "nccl" or "symm_mem"
+    transport_reason: str = ""
     reduce_payload_bytes: str | None = None
     gather_payload_bytes: str | None = None
     compression: float | None = None
@@ -81,7 +84,8 @@ def _row(graph: int, report: SiteReport, config: FlashCommConfig) -> SiteRow:
     row = SiteRow(graph=graph, node=site.node.name, module=_module_path(site.node), source=_user_source(site.node),
                   shape=[str(s) for s in site.shape], dtype=str(site.dtype).removeprefix("torch."),
                   bytes=str(site.nbytes), group=site.group_name,
-                  decision="rewritten" if report.rewritten else "kept", reason=report.reason)
+                  decision="rewritten" if report.rewritten else "kept", reason=report.reason,
+                  transport=report.decision.transport, transport_reason=report.decision.transport_reason)
     if guards.eligibility(site) is None:
         layout = PayloadLayout(site.numel, site.world_size, config.reduce_bits, config.group_size,
                                config.spike_reserve)
@@ -147,13 +151,14 @@ class Report:
     def to_text(self, full: bool = False, color: bool = False) -> str:
         header = (f"flashcomm inspect: world size {self.world_size}, {self.config.describe()}, "
                   f"cost model: {self.hardware or 'none (min_bytes rule)'}")
-        columns = ["graph", "node", "module", "shape", "dtype", "bytes", "decision", "reason", "compression",
-                   "predicted_us"]
+        columns = ["graph", "node", "module", "shape", "dtype", "bytes", "decision", "reason", "transport",
+                   "compression", "predicted_us"]
         table = _table([[_cell(getattr(r, c)) for c in columns] for r in self.sites], columns)
         totals = ", ".join(f"{k} {v}" for k, v in self.totals().items() if v is not None)
         sources = "\n".join(f"  {r.node}: {r.source}" for r in self.sites if r.source)
+        transports = "\n".join(f"  {r.node}: {r.transport} ({r.transport_reason})" for r in self.sites if r.transport)
         return "\n\n".join(filter(None, [header, self.diff(full, color), table, "sources:\n" + sources,
-                                         "totals: " + totals]))
+                                         transports and "transports:\n" + transports, "totals: " + totals]))
 
     def to_html(self, full: bool = False) -> str:
         diffs = "".join(

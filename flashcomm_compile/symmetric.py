@@ -12,15 +12,17 @@ own dequantize, the last reader of the requantized chunks).
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 
 import torch
 
-from .collective import nccl_all_reduce, two_step_all_reduce
 from .config import FlashCommConfig
-from .kernels.layout import PayloadLayout, validate_dtype
+from .kernels.layout import PayloadLayout
+from .pipeline import NcclPipeline, SymmetricPipeline
 
+MAX_WORLD_SIZE = 32  # the barrier kernel gives each peer a thread of one warp
 ALIGN = 16  # bytes: every chunk starts 16-byte aligned, so the kernels' loads stay vectorised
 MIN_WORKSPACE_BYTES = 1 << 20
 
@@ -64,11 +66,12 @@ class SymmetricLayout:
 
 @dataclass
 class Workspace:
-    """One rank's symmetric buffer for a process group, its peers' addresses (on the GPU) and the handle."""
+    """One rank's symmetric buffer for a process group, the handle, and the addresses the kernels use (on the GPU;
+    its own address is what the compiled code holds)."""
 
     buffer: torch.Tensor  # uint8
-    handle: object  # torch's _SymmetricMemory: rank, barrier()
-    table: torch.Tensor  # int64 [W]: every rank's buffer address
+    handle: object  # torch's _SymmetricMemory: rank
+    table: torch.Tensor  # int64 [2, W]: every rank's buffer address, then every rank's signal pad address
 
 
 _workspaces: dict[tuple[str, int], Workspace] = {}
@@ -99,7 +102,7 @@ def _create(group_name: str, device: torch.device, size: int) -> Workspace:
 
     buffer = symm_mem.empty(size, dtype=torch.uint8, device=device)
     handle = symm_mem.rendezvous(buffer, group_name)
-    table = torch.tensor(handle.buffer_ptrs, dtype=torch.int64, device=device)
+    table = torch.tensor([handle.buffer_ptrs, handle.signal_pad_ptrs], dtype=torch.int64, device=device)
     return Workspace(buffer, handle, table)
 
 
@@ -126,42 +129,33 @@ def _outside_graph_pools(device: torch.device, fn, *args):
     return result[0]
 
 
+def peer_access_problem(world_size: int) -> str | None:
+    """Why the group's GPUs cannot use symmetric memory from this process (None: they can). Ranks are taken to be
+    the node's first `world_size` GPUs, one per process, as torchrun places them."""
+    if os.environ.get("NCCL_P2P_DISABLE") == "1":
+        return "NCCL_P2P_DISABLE=1"
+    if world_size > MAX_WORLD_SIZE:
+        return f"world size {world_size} > {MAX_WORLD_SIZE}"
+    visible = torch.cuda.device_count()
+    if world_size > visible:
+        return f"{world_size} ranks, {visible} GPUs visible to this process"
+    for a in range(world_size):
+        for b in range(world_size):
+            if a != b and not torch.cuda.can_device_access_peer(a, b):
+                return f"GPU {a} cannot access GPU {b}'s memory"
+    return None
+
+
+def pipeline(group_name: str, device: torch.device, numel: int, world_size: int,
+             config: FlashCommConfig) -> SymmetricPipeline:
+    """The symmetric-memory pipeline for all-reduces of up to `numel` elements over the group, its workspace
+    allocated now (a collective) if needed."""
+    layout = SymmetricLayout(NcclPipeline(config, group_name, world_size).layout(numel), config.gather_bits)
+    ws = workspace(group_name, device, layout.total_bytes)
+    return SymmetricPipeline(config, world_size, ws.table.data_ptr(), ws.handle.rank)
+
+
 def symmetric_all_reduce(x: torch.Tensor, group_name: str, world_size: int, config: FlashCommConfig) -> torch.Tensor:
-    """Sum of x over the group, quantized as `config` says; bitwise equal on every rank, and to the NCCL path's."""
-    from .kernels import triton_kernels  # CUDA only: symmetric memory has no CPU implementation
-
-    validate_dtype(x.dtype)
-    layout = SymmetricLayout(PayloadLayout(x.numel(), world_size, config.reduce_bits, config.group_size,
-                                           config.spike_reserve), config.gather_bits)
-    ws = workspace(group_name, x.device, layout.total_bytes)
-    triton_kernels.quantize(x, layout.payload, out=layout.payload_in(ws.buffer))
-    ws.handle.barrier(channel=0)
-    triton_kernels.dequant_sum_requant_peers(ws.table, ws.handle.rank * layout.stride, layout.payload,
-                                             config.gather_bits, layout.reduced_in(ws.buffer))
-    ws.handle.barrier(channel=0)
-    return triton_kernels.dequantize_peers(ws.table, layout.reduced_offset, layout.reduced, x.dtype, x.shape)
-
-
-@torch.library.custom_op("flashcomm::symm_mem_all_reduce", mutates_args=())
-def _symm_mem_all_reduce(x: torch.Tensor, group_name: str, world_size: int, threshold_bytes: int, reduce_bits: int,
-                         gather_bits: int, group_size: int, spike_reserve: bool) -> torch.Tensor:
-    if x.numel() * x.element_size() < threshold_bytes:
-        return nccl_all_reduce(x, group_name)
-    config = FlashCommConfig(reduce_bits=reduce_bits, gather_bits=gather_bits, group_size=group_size,
-                             spike_reserve=spike_reserve, mode="always")
-    if x.device.type != "cuda":  # inspection on a CPU for a GPU target: the NCCL transport computes the same bytes
-        return two_step_all_reduce(x, group_name, world_size, config)
-    return symmetric_all_reduce(x, group_name, world_size, config)
-
-
-@_symm_mem_all_reduce.register_fake
-def _(x, group_name, world_size, threshold_bytes, reduce_bits, gather_bits, group_size, spike_reserve):
-    return torch.empty_like(x)
-
-
-def symm_mem_all_reduce(x: torch.Tensor, group_name: str, world_size: int, threshold_bytes: int,
-                        config: FlashCommConfig) -> torch.Tensor:
-    """The pass's replacement on transport "symm_mem": one op, opaque to Inductor, running the symmetric-memory
-    pipeline from `threshold_bytes` (0 where the size was decided at compile time) and NCCL's all-reduce below."""
-    return torch.ops.flashcomm.symm_mem_all_reduce(x, group_name, world_size, threshold_bytes, config.reduce_bits,
-                                                   config.gather_bits, config.group_size, config.spike_reserve)
+    """Sum of x over the group, quantized as `config` says, called eagerly; bitwise equal on every rank, and to the
+    NCCL transport's."""
+    return pipeline(group_name, x.device, x.numel(), world_size, config)(x)[0]

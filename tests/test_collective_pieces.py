@@ -1,5 +1,5 @@
 """An all-reduce cut into pieces (config.chunks): the pieces, the stage order in the rewritten graph, and results
-bitwise equal to one simulated pipeline per piece, on static and symbolic sizes."""
+bitwise equal to one simulated pipeline per piece on static sizes; a symbolic size runs one pipeline."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 from hypothesis import given, strategies as st
 
-from flashcomm_compile.collective import piece_bounds
+from flashcomm_compile.pipeline import piece_bounds
 from flashcomm_compile.kernels import reference
 from flashcomm_compile.launch import run_ranks
 from tests.kernels.simulate import simulate
@@ -57,9 +57,9 @@ def _static_pieces(rank, world):
 
 
 def _stage_calls(code: str) -> list[str]:
-    """The pipeline's calls in a graph's code, in order (the record keeps the code, not the graph)."""
-    names = ("flashcomm.quantize", "all_to_all_single", "flashcomm.dequant_sum_requant", "all_gather_into_tensor",
-             "flashcomm.dequantize")
+    """The pipeline's collectives and waits in a graph's code, in order (the record keeps the code, not the
+    graph)."""
+    names = ("all_to_all_single", "all_gather_into_tensor", "wait_tensor")
     return [name for line in code.splitlines() for name in names if f"{name}.default(" in line]
 
 
@@ -67,15 +67,12 @@ def test_static_size_cut_into_pieces_issued_stage_by_stage():
     ranks = run_ranks(2, _static_pieces)
     for case, pieces in enumerate((4, 2)):  # 15360 elements in 4 pieces; 231 in blocks of 64 -> 128 + 103
         counts, order = ranks[0][case]["counts"], ranks[0][case]["order"]
-        for op in ("flashcomm.quantize.default", "flashcomm.dequant_sum_requant.default",
-                   "flashcomm.dequantize.default", "_c10d_functional.all_to_all_single.default",
-                   "_c10d_functional.all_gather_into_tensor.default"):
+        for op in ("_c10d_functional.all_to_all_single.default", "_c10d_functional.all_gather_into_tensor.default"):
             assert counts[op] == pieces, (op, counts)
         assert counts["_c10d_functional.wait_tensor.default"] == 2 * pieces
-        stages = ["flashcomm.quantize", "all_to_all_single"] * pieces  # every piece sent before any is reduced
-        stages += ["flashcomm.dequant_sum_requant", "all_gather_into_tensor"] * pieces
-        stages += ["flashcomm.dequantize"] * pieces
-        assert order == stages
+        # every piece sent before any is reduced; each piece's gather started before the next piece is reduced
+        stages = ["all_to_all_single"] * pieces + ["wait_tensor", "all_gather_into_tensor"] * pieces
+        assert order == stages + ["wait_tensor"] * pieces
         for rank in ranks:
             assert rank[case]["equal"]
         assert torch.equal(ranks[0][case]["out"], ranks[1][case]["out"])
@@ -90,13 +87,15 @@ def _symbolic_pieces(rank, world):
     with inductor_config.patch(fx_graph_cache=False):
         for seq in (3, 17, 64):
             x = torch.randn(seq, 256) + rank
-            expected = _per_piece_simulation(_everyone(x), 4, world, 4, 8, 128, False)
+            expected = _per_piece_simulation(_everyone(x), 1, world, 4, 8, 128, False)
             equal.append(torch.equal(compiled(x), expected))
     return dict(graphs=len(backend.records), equal=equal, ops=dict(backend.records[0].op_counts))
 
 
-def test_symbolic_size_is_cut_when_known_without_recompiling():
+def test_symbolic_size_runs_one_pipeline_without_recompiling():
+    """Pieces are cut where the size is known at compile time; a symbolic size gets one pipeline (cutting it in the
+    graph would specialize the number of pieces on the size)."""
     result = run_ranks(2, _symbolic_pieces)[0]
     assert result["graphs"] == 1
-    assert result["ops"].get("flashcomm.all_reduce_by_size.default") == 1
+    assert result["ops"]["_c10d_functional.all_to_all_single.default"] == 1
     assert result["equal"] == [True, True, True]

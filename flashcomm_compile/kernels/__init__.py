@@ -1,6 +1,2 @@
-"""Quantize / dequantize-sum-requantize / dequantize kernels: Triton on CUDA, a torch reference elsewhere.
-
-Importing this package registers the `torch.ops.flashcomm` custom ops.
-"""
-
-from . import ops  # noqa: F401
+"""Quantize / dequantize-sum-requantize / dequantize kernels: Triton on CUDA (`triton_kernels`), a torch reference
+elsewhere (`reference`), the byte layout both share, the analytic error bound and the launch sizes."""

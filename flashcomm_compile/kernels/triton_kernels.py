@@ -5,8 +5,9 @@ codes are packed in registers straight into the one payload buffer. The arithmet
 it for the quantization rule. The kernels issue few instructions per value: at a few dozen they are bound by issue,
 not by memory (docs/perf-notes.md).
 
-The payload is passed three times (as uint8, float32 and int16 views of the same bytes) so that the metadata can be
-stored with typed accesses without pointer casts, which also keeps the kernels runnable under TRITON_INTERPRET=1.
+Each payload is one uint8 tensor; the kernels take its float32 and int16 views by pointer casts (`_views`), so the
+compiled graph sees one buffer per payload. The symmetric-memory kernels reach the workspace through its address
+table, passed as an integer the compile knew, and order themselves by a token they write (`_mark`).
 """
 
 from __future__ import annotations
@@ -190,12 +191,19 @@ def _load_part(x, group, part, numel, G: tl.constexpr):
 
 
 @triton.jit
-def quantize_kernel(x, u8, f32, i16, numel, total_groups, groups_per_chunk, chunk_bytes, BITS: tl.constexpr,
-                    G: tl.constexpr, SPIKE: tl.constexpr, BLOCK_G: tl.constexpr):
+def _views(payload):
+    """The float32 and int16 views of a byte pointer: the metadata is stored with typed accesses."""
+    return payload, payload.to(tl.pointer_type(tl.float32)), payload.to(tl.pointer_type(tl.int16))
+
+
+@triton.jit
+def _quantize(x, payload, numel, total_groups, groups_per_chunk, chunk_bytes, BITS: tl.constexpr, G: tl.constexpr,
+              SPIKE: tl.constexpr, BLOCK_G: tl.constexpr):
     """Spike reserving takes whole groups as one tile (argmax). Otherwise each group is read in parts of 32 values,
     each part as its own [BLOCK_G, 32] tile: 4 threads share a group rather than 16, so the per-group work (the
     reductions' shuffles, three divisions) is repeated on 4 threads, and each thread holds a group's parts side by
     side. Each part is read twice: for min/max, then for its codes."""
+    u8, f32, i16 = _views(payload)
     group = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
     valid = group < total_groups
     base = (group // groups_per_chunk).to(tl.int64) * chunk_bytes
@@ -227,137 +235,221 @@ def quantize_kernel(x, u8, f32, i16, numel, total_groups, groups_per_chunk, chun
 
 
 @triton.jit
-def dequant_sum_requant_kernel(in_u8, in_f32, in_i16, out_u8, out_f32, out_i16, groups_per_chunk, in_chunk_bytes,
-                               WORLD: tl.constexpr, IN_BITS: tl.constexpr, OUT_BITS: tl.constexpr, G: tl.constexpr,
-                               SPIKE: tl.constexpr, BLOCK_G: tl.constexpr):
+def _dequant_sum_requant(sources, in_offset, out, groups_per_chunk, in_chunk_bytes, LOCAL: tl.constexpr,
+                         WORLD: tl.constexpr, IN_BITS: tl.constexpr, OUT_BITS: tl.constexpr, G: tl.constexpr,
+                         SPIKE: tl.constexpr, BLOCK_G: tl.constexpr):
+    """Sum of the WORLD chunks, requantized into `out`: chunk s at `sources` + s * in_chunk_bytes (LOCAL: the
+    all-to-all's output) or `in_offset` bytes into rank s's symmetric buffer (`sources`: the address table). Sums in
+    source order, so both give the same bytes."""
     group = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
     valid = group < groups_per_chunk
     base = tl.zeros((BLOCK_G,), tl.int64)
     total = tl.zeros((BLOCK_G, G), tl.float32)
     for source in tl.static_range(WORLD):
-        total += _load_groups(in_u8, in_f32, in_i16, base + source * in_chunk_bytes, group, groups_per_chunk, valid,
-                              IN_BITS, G, SPIKE, BLOCK_G)
+        if LOCAL:
+            chunk = sources + source * in_chunk_bytes
+        else:
+            chunk = _peer_chunk(sources, source, in_offset)
+        u8, f32, i16 = _views(chunk)
+        total += _load_groups(u8, f32, i16, base, group, groups_per_chunk, valid, IN_BITS, G, SPIKE, BLOCK_G)
     packed, scale, zero, hi, lo, hi_index, lo_index = _quantize_tile(total, OUT_BITS, G, SPIKE, BLOCK_G)
+    out_u8, out_f32, out_i16 = _views(out)
     _store_groups(out_u8, out_f32, out_i16, base, group, groups_per_chunk, valid, packed, scale, zero, hi, lo,
                   hi_index, lo_index, OUT_BITS, G, SPIKE)
 
 
 @triton.jit
-def dequantize_kernel(u8, f32, i16, out, numel, total_groups, groups_per_chunk, chunk_bytes, BITS: tl.constexpr,
-                      G: tl.constexpr, SPIKE: tl.constexpr, BLOCK_G: tl.constexpr):
-    group = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
-    valid = group < total_groups
-    base = (group // groups_per_chunk).to(tl.int64) * chunk_bytes
-    values = _load_groups(u8, f32, i16, base, group % groups_per_chunk, groups_per_chunk, valid, BITS, G, SPIKE,
-                          BLOCK_G)
-    offsets = group.to(tl.int64)[:, None] * G + tl.arange(0, G)[None, :]
-    tl.store(out + offsets, values.to(out.dtype.element_ty), mask=offsets < numel)
+def _table(table_address):
+    """The int64 address table of a symmetric workspace (row 0: every rank's buffer, row 1: its signal pad), from
+    its address: the compiled code passes it as a constant, no tensor to look up per call."""
+    return table_address.to(tl.int64).to(tl.pointer_type(tl.int64))
 
 
 @triton.jit
 def _peer_chunk(table, rank, offset):
-    """Byte pointer `offset` bytes into `rank`'s symmetric buffer; `table` holds the buffers' addresses. The layout
-    keeps every field 16-byte aligned, which the compiler is told so that the loads stay vectorised."""
+    """Byte pointer `offset` bytes into `rank`'s symmetric buffer. The layout keeps every field 16-byte aligned,
+    which the compiler is told so that the loads stay vectorised."""
     return tl.multiple_of((tl.load(table + rank) + offset).to(tl.pointer_type(tl.uint8)), 16)
 
 
 @triton.jit
-def dequant_sum_requant_peers_kernel(table, in_offset, out_u8, out_f32, out_i16, groups_per_chunk,
-                                     WORLD: tl.constexpr, IN_BITS: tl.constexpr, OUT_BITS: tl.constexpr,
-                                     G: tl.constexpr, SPIKE: tl.constexpr, BLOCK_G: tl.constexpr):
-    """dequant_sum_requant_kernel reading each source's chunk straight from that rank's buffer (the all-to-all
-    folded into the loads); sums in the same source order, so the bytes equal the all-to-all path's."""
-    group = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
-    valid = group < groups_per_chunk
-    base = tl.zeros((BLOCK_G,), tl.int64)
-    total = tl.zeros((BLOCK_G, G), tl.float32)
-    for source in tl.static_range(WORLD):
-        chunk = _peer_chunk(table, source, in_offset)
-        total += _load_groups(chunk, chunk.to(tl.pointer_type(tl.float32)), chunk.to(tl.pointer_type(tl.int16)),
-                              base, group, groups_per_chunk, valid, IN_BITS, G, SPIKE, BLOCK_G)
-    packed, scale, zero, hi, lo, hi_index, lo_index = _quantize_tile(total, OUT_BITS, G, SPIKE, BLOCK_G)
-    _store_groups(out_u8, out_f32, out_i16, base, group, groups_per_chunk, valid, packed, scale, zero, hi, lo,
-                  hi_index, lo_index, OUT_BITS, G, SPIKE)
+def _mark(token):
+    """Write the token: the compiled graph orders the symmetric-memory kernels, which exchange data through memory
+    it cannot see, by the token each writes and the next one reads."""
+    if tl.program_id(0) == 0:
+        tl.store(token, 0)
 
 
 @triton.jit
-def dequantize_peers_kernel(table, in_offset, out, numel, groups_per_chunk, WORLD: tl.constexpr, BITS: tl.constexpr,
-                            G: tl.constexpr, SPIKE: tl.constexpr, BLOCK_G: tl.constexpr):
+def quantize_kernel(x, payload, numel, total_groups, groups_per_chunk, chunk_bytes, BITS: tl.constexpr,
+                    G: tl.constexpr, SPIKE: tl.constexpr, BLOCK_G: tl.constexpr):
+    _quantize(x, payload, numel, total_groups, groups_per_chunk, chunk_bytes, BITS, G, SPIKE, BLOCK_G)
+
+
+@triton.jit
+def quantize_symm_kernel(x, table_address, rank, token, numel, total_groups, groups_per_chunk, stride,
+                         BITS: tl.constexpr, G: tl.constexpr, SPIKE: tl.constexpr, BLOCK_G: tl.constexpr):
+    """quantize_kernel writing into this rank's symmetric buffer, chunk c at c * stride."""
+    _quantize(x, _peer_chunk(_table(table_address), rank, 0), numel, total_groups, groups_per_chunk, stride, BITS, G,
+              SPIKE, BLOCK_G)
+    _mark(token)
+
+
+@triton.jit
+def dequant_sum_requant_kernel(received, out, groups_per_chunk, in_chunk_bytes, WORLD: tl.constexpr,
+                               IN_BITS: tl.constexpr, OUT_BITS: tl.constexpr, G: tl.constexpr, SPIKE: tl.constexpr,
+                               BLOCK_G: tl.constexpr):
+    _dequant_sum_requant(received, 0, out, groups_per_chunk, in_chunk_bytes, True, WORLD, IN_BITS, OUT_BITS, G, SPIKE,
+                         BLOCK_G)
+
+
+@triton.jit
+def dequant_sum_requant_peers_kernel(table_address, in_offset, out_offset, rank, token, groups_per_chunk,
+                                     WORLD: tl.constexpr, IN_BITS: tl.constexpr, OUT_BITS: tl.constexpr,
+                                     G: tl.constexpr, SPIKE: tl.constexpr, BLOCK_G: tl.constexpr):
+    """dequant_sum_requant_kernel reading each source's chunk straight from that rank's buffer (the all-to-all
+    folded into the loads), writing `out_offset` bytes into this rank's."""
+    table = _table(table_address)
+    _dequant_sum_requant(table, in_offset, _peer_chunk(table, rank, out_offset), groups_per_chunk, 0, False, WORLD,
+                         IN_BITS, OUT_BITS, G, SPIKE, BLOCK_G)
+    _mark(token)
+
+
+@triton.jit
+def _dequantize_groups(payload, out, numel, source, group, groups_per_chunk, valid, BITS: tl.constexpr,
+                       G: tl.constexpr, SPIKE: tl.constexpr, BLOCK_G: tl.constexpr):
+    """Groups `group` of chunk `source` (at `payload`) into their place in `out`."""
+    u8, f32, i16 = _views(payload)
+    values = _load_groups(u8, f32, i16, tl.zeros((BLOCK_G,), tl.int64), group, groups_per_chunk, valid, BITS, G,
+                          SPIKE, BLOCK_G)
+    offsets = (source * groups_per_chunk + group).to(tl.int64)[:, None] * G + tl.arange(0, G)[None, :]
+    tl.store(out + offsets, values.to(out.dtype.element_ty), mask=valid[:, None] & (offsets < numel))
+
+
+@triton.jit
+def dequantize_kernel(payload, out, numel, groups_per_chunk, chunk_bytes, WORLD: tl.constexpr, BITS: tl.constexpr,
+                      G: tl.constexpr, SPIKE: tl.constexpr, BLOCK_G: tl.constexpr):
+    """Program p handles block p // W of chunk p % W, as dequantize_peers_kernel does."""
+    source = tl.program_id(0) % WORLD
+    group = tl.program_id(0) // WORLD * BLOCK_G + tl.arange(0, BLOCK_G)
+    _dequantize_groups(payload + source.to(tl.int64) * chunk_bytes, out, numel, source, group, groups_per_chunk,
+                       group < groups_per_chunk, BITS, G, SPIKE, BLOCK_G)
+
+
+@triton.jit
+def dequantize_peers_kernel(table_address, in_offset, out, token, numel, groups_per_chunk, WORLD: tl.constexpr,
+                            BITS: tl.constexpr, G: tl.constexpr, SPIKE: tl.constexpr, BLOCK_G: tl.constexpr):
     """dequantize_kernel reading chunk c straight from rank c's buffer (the all-gather folded into the loads).
     Program p handles block p // W of chunk p % W: consecutive programs read different ranks, so the local chunk's
     loads (HBM) and the peers' (NVLink) run side by side rather than one after the other."""
     source = tl.program_id(0) % WORLD
     group = tl.program_id(0) // WORLD * BLOCK_G + tl.arange(0, BLOCK_G)
-    valid = group < groups_per_chunk
-    chunk = _peer_chunk(table, source, in_offset)
-    values = _load_groups(chunk, chunk.to(tl.pointer_type(tl.float32)), chunk.to(tl.pointer_type(tl.int16)),
-                          tl.zeros((BLOCK_G,), tl.int64), group, groups_per_chunk, valid, BITS, G, SPIKE, BLOCK_G)
-    offsets = (source * groups_per_chunk + group).to(tl.int64)[:, None] * G + tl.arange(0, G)[None, :]
-    tl.store(out + offsets, values.to(out.dtype.element_ty), mask=valid[:, None] & (offsets < numel))
+    _dequantize_groups(_peer_chunk(_table(table_address), source, in_offset), out, numel, source, group,
+                       groups_per_chunk, group < groups_per_chunk, BITS, G, SPIKE, BLOCK_G)
+    _mark(token)
 
 
-def _views(payload: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    flat = payload.reshape(-1)
-    return flat, flat.view(torch.float32), flat.view(torch.int16)
+@triton.jit
+def _thread_index():
+    return tl.inline_asm_elementwise("mov.u32 $0, %tid.x;", "=r", [], dtype=tl.int32, is_pure=True, pack=1)
 
 
-def quantize(x: torch.Tensor, layout: PayloadLayout, out: torch.Tensor | None = None) -> torch.Tensor:
-    """The payload [W, chunk_bytes]; or written into `out`, uint8 [W, stride >= chunk_bytes], chunk c at row c."""
-    if out is None:
-        out = torch.empty((layout.world_size, layout.chunk_bytes), dtype=torch.uint8, device=x.device)
+@triton.jit
+def barrier_kernel(table_address, rank, token, WORLD: tl.constexpr, LANES: tl.constexpr):
+    """Every rank of the workspace's group waits here for every other, as torch's symmetric-memory barrier does:
+    thread p (one warp, one lane per peer) sets this rank's flag in peer p's signal pad once it is clear (release,
+    system scope: the writes of the kernels before it become visible to p) and waits for p's flag in its own pad,
+    clearing it (acquire). Lane p of a LANES-wide vector lives on thread p, so thread p alone acts for peer p."""
+    table = _table(table_address)
+    peer = tl.arange(0, LANES)
+    pads = tl.load(table + WORLD + peer, mask=peer < WORLD, other=0)
+    send = pads.to(tl.pointer_type(tl.uint32)) + rank
+    wait = tl.load(table + WORLD + rank).to(tl.pointer_type(tl.uint32)) + peer
+    if _thread_index() < WORLD:
+        tl.inline_asm_elementwise(
+            """{ .reg .u32 %old; .reg .pred %done;
+            flashcomm_send: atom.global.release.sys.cas.b32 %old, [$1], 0, 1;
+            setp.eq.u32 %done, %old, 0; @!%done bra flashcomm_send; mov.u32 $0, %old; }""",
+            "=r, l", [send], dtype=tl.int32, is_pure=False, pack=1)
+        tl.inline_asm_elementwise(
+            """{ .reg .u32 %old; .reg .pred %done;
+            flashcomm_wait: atom.global.sys.acquire.cas.b32 %old, [$1], 1, 0;
+            setp.eq.u32 %done, %old, 1; @!%done bra flashcomm_wait; mov.u32 $0, %old; }""",
+            "=r, l", [wait], dtype=tl.int32, is_pure=False, pack=1)
+    _mark(token)
+
+
+def _launch(name: str, group_size: int) -> tuple[int, int]:
+    """Groups per program and warps of kernel `name`."""
+    launch = LAUNCH[name]
+    return launch.block_groups(group_size), launch.warps
+
+
+def quantize(x: torch.Tensor, layout: PayloadLayout) -> torch.Tensor:
+    """The payload [W, chunk_bytes], chunk c for rank c."""
+    out = torch.empty((layout.world_size, layout.chunk_bytes), dtype=torch.uint8, device=x.device)
     total_groups = layout.world_size * layout.groups_per_chunk
-    launch = LAUNCH["quantize"]
-    block = launch.block_groups(layout.group_size)
+    block, warps = _launch("quantize", layout.group_size)
     wrap_triton(quantize_kernel)[(triton.cdiv(total_groups, block),)](
-        x.contiguous(), *_views(out), x.numel(), total_groups, layout.groups_per_chunk, out.stride(0),
-        BITS=layout.bits, G=layout.group_size, SPIKE=layout.spike_reserve, BLOCK_G=block, num_warps=launch.warps)
+        x.contiguous(), out, x.numel(), total_groups, layout.groups_per_chunk, layout.chunk_bytes, BITS=layout.bits,
+        G=layout.group_size, SPIKE=layout.spike_reserve, BLOCK_G=block, num_warps=warps)
     return out
 
 
 def dequant_sum_requant(received: torch.Tensor, layout: PayloadLayout, out_bits: int) -> torch.Tensor:
-    out_layout = layout.with_bits(out_bits)
-    out = torch.empty((1, out_layout.chunk_bytes), dtype=torch.uint8, device=received.device)
-    launch = LAUNCH["dequant_sum_requant"]
-    block = launch.block_groups(layout.group_size)
+    out = torch.empty((1, layout.with_bits(out_bits).chunk_bytes), dtype=torch.uint8, device=received.device)
+    block, warps = _launch("dequant_sum_requant", layout.group_size)
     wrap_triton(dequant_sum_requant_kernel)[(triton.cdiv(layout.groups_per_chunk, block),)](
-        *_views(received.contiguous()), *_views(out), layout.groups_per_chunk, layout.chunk_bytes,
-        WORLD=received.shape[0], IN_BITS=layout.bits, OUT_BITS=out_bits, G=layout.group_size,
-        SPIKE=layout.spike_reserve, BLOCK_G=block, num_warps=launch.warps)
+        received.contiguous(), out, layout.groups_per_chunk, layout.chunk_bytes, WORLD=layout.world_size,
+        IN_BITS=layout.bits, OUT_BITS=out_bits, G=layout.group_size, SPIKE=layout.spike_reserve, BLOCK_G=block,
+        num_warps=warps)
     return out
 
 
 def dequantize(gathered: torch.Tensor, layout: PayloadLayout, dtype: torch.dtype, shape) -> torch.Tensor:
     out = torch.empty(shape, dtype=dtype, device=gathered.device)
+    block, warps = _launch("dequantize", layout.group_size)
+    wrap_triton(dequantize_kernel)[(triton.cdiv(layout.groups_per_chunk, block) * layout.world_size,)](
+        gathered.contiguous(), out, layout.numel, layout.groups_per_chunk, layout.chunk_bytes,
+        WORLD=layout.world_size, BITS=layout.bits, G=layout.group_size, SPIKE=layout.spike_reserve, BLOCK_G=block,
+        num_warps=warps)
+    return out
+
+
+def quantize_symm(x: torch.Tensor, table_address: int, rank: int, stride: int, layout: PayloadLayout,
+                  token: torch.Tensor) -> None:
+    """quantize into this rank's symmetric buffer (`table_address`: the workspace's address table), chunk c at
+    c * stride bytes; writes `token`."""
     total_groups = layout.world_size * layout.groups_per_chunk
-    launch = LAUNCH["dequantize"]
-    block = launch.block_groups(layout.group_size)
-    wrap_triton(dequantize_kernel)[(triton.cdiv(total_groups, block),)](
-        *_views(gathered.contiguous()), out, layout.numel, total_groups, layout.groups_per_chunk,
-        layout.chunk_bytes, BITS=layout.bits, G=layout.group_size, SPIKE=layout.spike_reserve, BLOCK_G=block,
-        num_warps=launch.warps)
-    return out
+    block, warps = _launch("quantize", layout.group_size)
+    wrap_triton(quantize_symm_kernel)[(triton.cdiv(total_groups, block),)](
+        x.contiguous(), table_address, rank, token, x.numel(), total_groups, layout.groups_per_chunk, stride,
+        BITS=layout.bits, G=layout.group_size, SPIKE=layout.spike_reserve, BLOCK_G=block, num_warps=warps)
 
 
-def dequant_sum_requant_peers(table: torch.Tensor, offset: int, layout: PayloadLayout, out_bits: int,
-                              out: torch.Tensor) -> torch.Tensor:
-    """dequant_sum_requant of the chunks that every rank holds `offset` bytes into its symmetric buffer (`table`:
-    the int64 addresses of the ranks' buffers; every address + offset 16-byte aligned), written into `out`."""
-    launch = LAUNCH["dequant_sum_requant_peers"]
-    block = launch.block_groups(layout.group_size)
-    dequant_sum_requant_peers_kernel[(triton.cdiv(layout.groups_per_chunk, block),)](
-        table, offset, *_views(out), layout.groups_per_chunk, WORLD=layout.world_size,
+def dequant_sum_requant_peers(table_address: int, in_offset: int, out_offset: int, rank: int, layout: PayloadLayout,
+                              out_bits: int, token: torch.Tensor) -> None:
+    """dequant_sum_requant of the chunks every rank holds `in_offset` bytes into its symmetric buffer, written
+    `out_offset` bytes into this rank's (every address + offset 16-byte aligned); writes `token`."""
+    block, warps = _launch("dequant_sum_requant_peers", layout.group_size)
+    wrap_triton(dequant_sum_requant_peers_kernel)[(triton.cdiv(layout.groups_per_chunk, block),)](
+        table_address, in_offset, out_offset, rank, token, layout.groups_per_chunk, WORLD=layout.world_size,
         IN_BITS=layout.bits, OUT_BITS=out_bits, G=layout.group_size, SPIKE=layout.spike_reserve, BLOCK_G=block,
-        num_warps=launch.warps)
+        num_warps=warps)
+
+
+def dequantize_peers(table_address: int, offset: int, layout: PayloadLayout, dtype: torch.dtype, shape,
+                     token: torch.Tensor) -> torch.Tensor:
+    """dequantize of the chunks every rank holds `offset` bytes into its symmetric buffer; writes `token`."""
+    out = torch.empty(shape, dtype=dtype, device=token.device)
+    block, warps = _launch("dequantize_peers", layout.group_size)
+    wrap_triton(dequantize_peers_kernel)[(triton.cdiv(layout.groups_per_chunk, block) * layout.world_size,)](
+        table_address, offset, out, token, layout.numel, layout.groups_per_chunk, WORLD=layout.world_size,
+        BITS=layout.bits, G=layout.group_size, SPIKE=layout.spike_reserve, BLOCK_G=block, num_warps=warps)
     return out
 
 
-def dequantize_peers(table: torch.Tensor, offset: int, layout: PayloadLayout, dtype: torch.dtype,
-                     shape) -> torch.Tensor:
-    """dequantize of the chunks that every rank holds `offset` bytes into its symmetric buffer (aligned as above)."""
-    out = torch.empty(shape, dtype=dtype, device=table.device)
-    launch = LAUNCH["dequantize_peers"]
-    block = launch.block_groups(layout.group_size)
-    dequantize_peers_kernel[(triton.cdiv(layout.groups_per_chunk, block) * layout.world_size,)](
-        table, offset, out, layout.numel, layout.groups_per_chunk, WORLD=layout.world_size, BITS=layout.bits,
-        G=layout.group_size, SPIKE=layout.spike_reserve, BLOCK_G=block, num_warps=launch.warps)
-    return out
+def barrier(table_address: int, rank: int, world_size: int, token: torch.Tensor) -> None:
+    """Wait until every rank of the workspace's group reached this point (see barrier_kernel); writes `token`."""
+    wrap_triton(barrier_kernel)[(1,)](table_address, rank, token, WORLD=world_size,
+                                     LANES=triton.next_power_of_2(world_size), num_warps=1)

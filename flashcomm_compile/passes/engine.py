@@ -14,6 +14,7 @@ from torch._inductor.pattern_matcher import is_match
 from .. import cost_model
 from ..config import FlashCommConfig
 from ..kernels.launches import LAUNCH
+from ..lowering import inline, op_name
 from .guards import Decision, keep
 from .rules import ALL_REDUCE, RULES, Rule
 from .site import Site, world_size_of
@@ -48,25 +49,42 @@ class GraphRecord:
 
 
 def apply_rules(graph: torch.fx.Graph, config: FlashCommConfig, rules: tuple[Rule, ...] = RULES) -> list[SiteReport]:
-    reports = []
+    """Each all-reduce, in graph order, rewritten by the first rule that matches and whose guard agrees. The token
+    of one rewritten site is handed to the next, so that sites sharing a symmetric workspace stay in order."""
+    reports, token = [], None
     for all_reduce in [n for n in graph.nodes if n.target is ALL_REDUCE]:
-        reports.append(_apply_first_matching(all_reduce, config, rules))
+        report, token = _apply_first_matching(graph, all_reduce, config, rules, token)
+        reports.append(report)
     return reports
 
 
-def _apply_first_matching(all_reduce: torch.fx.Node, config: FlashCommConfig, rules) -> SiteReport:
+def _apply_first_matching(graph: torch.fx.Graph, all_reduce: torch.fx.Node, config: FlashCommConfig, rules,
+                          token: torch.fx.Node | None) -> tuple[SiteReport, torch.fx.Node | None]:
     inp, reduce_op, group_name = all_reduce.args[:3]
     site = Site(all_reduce, inp, reduce_op, group_name, world_size_of(group_name))
     for rule in rules:
         for root in list(all_reduce.users):
-            match = rule.pattern.match(root)
-            if not is_match(match):
+            if not is_match(rule.pattern.match(root)):
                 continue
             decision = rule.guard(site, config)
             if decision.rewrite:
-                match.replace_by_example(rule.replacement(site, config, decision), [match.kwargs["inp"]])
-            return SiteReport(site, rule.name, decision)
-    return SiteReport(site, None, keep("no rule matches (the all_reduce is not consumed by exactly one wait)"))
+                token = _replace(graph, root, rule.replacement(site, config, decision), inp, token)
+            return SiteReport(site, rule.name, decision), token
+    return SiteReport(site, None, keep("no rule matches (the all_reduce is not consumed by exactly one wait)")), token
+
+
+def _replace(graph: torch.fx.Graph, root: torch.fx.Node, lowered, inp: torch.fx.Node,
+             token: torch.fx.Node | None) -> torch.fx.Node | None:
+    """The lowered pipeline in place of `root` (the wait of the all-reduce); returns the token after it."""
+    if token is None:
+        out, token = inline(graph, root, lambda x: lowered(x, None), [inp])
+    else:
+        out, token = inline(graph, root, lowered, [inp, token])
+    all_reduce = root.args[0]
+    root.replace_all_uses_with(out)
+    graph.erase_node(root)
+    graph.erase_node(all_reduce)
+    return token
 
 
 def _graph_code(graph: torch.fx.Graph) -> str:
@@ -76,7 +94,8 @@ def _graph_code(graph: torch.fx.Graph) -> str:
 class FlashCommPass(CustomGraphPass):
     """The post-grad pass. Its uuid hashes the package's sources and cost table, the config and what the rewrite reads
     from its surroundings, so Inductor's FX graph cache stays on yet never reuses a graph compiled by another version,
-    config, group size or machine (on a cache hit the pass does not run)."""
+    config, group size or machine (on a cache hit the pass does not run). Where the symmetric-memory transport may
+    be chosen, the uuid is None, which keeps the graph out of the cache."""
 
     def __init__(self, config: FlashCommConfig, rules: tuple[Rule, ...] = RULES):
         self.config = config
@@ -87,10 +106,12 @@ class FlashCommPass(CustomGraphPass):
         before = _graph_code(graph)
         sites = apply_rules(graph, self.config, self.rules)
         graph.lint()
-        ops = Counter(str(n.target) for n in graph.nodes if n.op == "call_function")
+        ops = Counter(op_name(n) for n in graph.nodes if n.op == "call_function")
         self.records.append(GraphRecord(before, _graph_code(graph), sites, ops))
 
-    def uuid(self) -> bytes:
+    def uuid(self) -> bytes | None:
+        if self.config.transport != "nccl" and torch.cuda.is_available():
+            return None  # symm_mem code holds this process's workspace addresses and rank: never cached
         graphs = cost_model.replayed_in_cuda_graphs(self.config)  # "auto" counts host time only without them
         return get_hash_for_files(_source_files(), extra=repr((self.config, graphs)) + compile_environment())
 

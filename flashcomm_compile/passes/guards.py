@@ -1,7 +1,10 @@
-"""When the quantized rewrite applies to an all-reduce: each check returns a decision with a reason people can read.
+"""When the quantized rewrite applies to an all-reduce, and over which transport: each check returns a decision with
+a reason people can read.
 
-Every rank evaluates the same checks on the same graph and config, so every rank decides the same way; a
-divergent decision would pair an all-to-all on one rank with an all-reduce on another and deadlock.
+Every rank evaluates the same checks on the same graph, config and machine, so every rank decides the same way; a
+divergent decision would pair an all-to-all on one rank with an all-reduce on another and deadlock. A symbolic size
+that a threshold splits is specialized: the compiled code is guarded on the side its first size fell, and a size on
+the other side compiles once more (every rank sees the same sizes, so every rank recompiles alike).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from dataclasses import dataclass
 from .. import cost_model
 from ..config import FlashCommConfig
 from ..kernels.layout import MAX_WORLD_SIZE, SUPPORTED_DTYPES
+from ..symmetric import peer_access_problem
 from .site import Site
 
 
@@ -19,17 +23,13 @@ from .site import Site
 class Decision:
     rewrite: bool
     reason: str
-    # set when the size is symbolic and not provably on one side: flashcomm from this many bytes, at run time
-    runtime_threshold: int | None = None
+    transport: str | None = None  # where rewritten: "nccl" or "symm_mem"
+    transport_reason: str = ""
     prediction: cost_model.Prediction | None = None
 
 
 def keep(reason: str, prediction=None) -> Decision:
     return Decision(False, reason, prediction=prediction)
-
-
-def rewrite(reason: str, prediction=None) -> Decision:
-    return Decision(True, reason, prediction=prediction)
 
 
 def eligibility(site: Site) -> Decision | None:
@@ -49,28 +49,58 @@ def eligibility(site: Site) -> Decision | None:
     return None
 
 
+def transport(site: Site, config: FlashCommConfig) -> tuple[str | None, str]:
+    """The transport for this site and why; None where the configured one cannot run here."""
+    assumed = cost_model.assumed_hardware()
+    on_gpu = site.value.device.type == "cuda"
+    if config.transport == "nccl":
+        return "nccl", "transport nccl"
+    if config.transport == "symm_mem":
+        if not on_gpu and assumed is None:
+            return None, f"transport symm_mem needs CUDA tensors, not {site.value.device.type}"
+        return "symm_mem", "transport symm_mem"
+    if config.chunks > 1:
+        return "nccl", "auto: pieces need NCCL's collectives"
+    if assumed is not None:
+        if assumed.endswith("|p2p-disabled"):
+            return "nccl", f"auto: {assumed} does not map peers' memory"
+        return "symm_mem", f"auto: {assumed} maps peers' memory"
+    if not on_gpu:
+        return "nccl", f"auto: {site.value.device.type} tensors"
+    problem = peer_access_problem(site.world_size)
+    if problem is not None:
+        return "nccl", f"auto: {problem}"
+    return "symm_mem", "auto: the group's GPUs map each other's memory"
+
+
 def quantized_all_reduce(site: Site, config: FlashCommConfig) -> Decision:
     ineligible = eligibility(site)
     if ineligible is not None:
         return ineligible
-    if config.transport == "symm_mem" and site.value.device.type != "cuda" and cost_model.assumed_hardware() is None:
-        return keep(f"transport symm_mem needs CUDA tensors, not {site.value.device.type}")
     if config.mode == "never":
         return keep("mode never")
+    chosen, why = transport(site, config)
+    if chosen is None:
+        return keep(why)
     if config.mode == "always":
-        return rewrite("mode always")
-    prediction = cost_model.predict(site.value.device, site.world_size, config)
+        return Decision(True, "mode always", chosen, why)
+    prediction = cost_model.predict(site.value.device, site.world_size, config.with_transport(chosen))
     if prediction is None:
-        return _by_threshold(site, config.min_bytes, "min_bytes", None)
+        return _by_threshold(site, config.min_bytes, "min_bytes", None, chosen, why)
     if math.isinf(prediction.threshold_bytes):
         return keep(f"predicted slower than NCCL at every size on {prediction.hardware}", prediction)
-    return _by_threshold(site, math.ceil(prediction.threshold_bytes), "the cost model's threshold", prediction)
+    return _by_threshold(site, math.ceil(prediction.threshold_bytes), "the cost model's threshold", prediction,
+                         chosen, why)
 
 
-def _by_threshold(site: Site, threshold: int, name: str, prediction) -> Decision:
-    """Rewrite from `threshold` bytes: at compile time where the size decides it, else at run time."""
+def _by_threshold(site: Site, threshold: int, name: str, prediction, chosen: str, why: str) -> Decision:
+    """Rewrite from `threshold` bytes. A symbolic size that the graph does not place on one side is specialized to
+    the side its current size lies (a guard; the other side compiles once more)."""
     if site.proves(site.nbytes >= threshold):
-        return rewrite(f"{site.nbytes} bytes >= {name} {threshold}", prediction)
+        return Decision(True, f"{site.nbytes} bytes >= {name} {threshold}", chosen, why, prediction)
     if site.proves(site.nbytes < threshold):
         return keep(f"below {name} ({site.nbytes} < {threshold})", prediction)
-    return Decision(True, f"decided at run time: flashcomm from {threshold} bytes ({name})", threshold, prediction)
+    if site.specialize(site.nbytes >= threshold):
+        return Decision(True, f"{site.nbytes} bytes >= {name} {threshold} (specialized: smaller sizes compile "
+                              "again)", chosen, why, prediction)
+    return keep(f"below {name} ({site.nbytes} < {threshold}; specialized: larger sizes compile again)", prediction)

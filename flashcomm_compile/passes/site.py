@@ -47,6 +47,16 @@ class Site:
         """True only if `condition` holds for every size the graph admits; installs no guard."""
         return statically_known_true(condition)
 
+    def specialize(self, condition) -> bool:
+        """Whether `condition` holds for the current sizes, guarding the compiled code on it (Dynamo recompiles
+        where it changes)."""
+        return bool(condition)
+
+    @property
+    def hint_numel(self) -> int:
+        """The element count of the sizes being compiled for."""
+        return self.numel if self.is_static else int(self.numel.node.hint)
+
 
 def world_size_of(group_name: str) -> int | None:
     try:

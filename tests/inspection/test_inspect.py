@@ -91,13 +91,18 @@ def test_predictions_count_host_time_without_cuda_graphs(tmp_path):
 
 
 def test_symm_mem_transport_for_a_target_gpu():
-    """On a CPU, for GPUs that map each other's memory: each eligible all-reduce becomes the one symm_mem op (run
-    here by the NCCL transport's pipeline, which computes the same bytes)."""
-    report = inspect_factory(factories.mixed, world_size=2, hardware="NVIDIA H100 80GB HBM3|default",
-                             mode="always", transport="symm_mem")
-    assert [s.decision for s in report.sites] == ["rewritten"] * 4 + ["kept"] * 2 + ["rewritten"]
-    assert report.graphs[0].op_counts["flashcomm.symm_mem_all_reduce.default"] == 5
-    assert report.graphs[0].op_counts["_c10d_functional.all_to_all_single.default"] == 0
+    """On a CPU, for GPUs that map each other's memory: each eligible all-reduce is rewritten for symm_mem, chosen
+    by transport="auto" too (traced here as the NCCL transport's pipeline, which sends the same bytes)."""
+    for transport in ("symm_mem", "auto"):
+        report = inspect_factory(factories.mixed, world_size=2, hardware="NVIDIA H100 80GB HBM3|default",
+                                 mode="always", transport=transport)
+        assert [s.decision for s in report.sites] == ["rewritten"] * 4 + ["kept"] * 2 + ["rewritten"]
+        assert {s.transport for s in report.sites if s.decision == "rewritten"} == {"symm_mem"}
+        assert report.graphs[0].op_counts["_c10d_functional.all_to_all_single.default"] == 5
+    auto = inspect_factory(factories.mixed, world_size=2, hardware="NVIDIA H100 80GB HBM3|p2p-disabled",
+                           mode="always")
+    assert {s.transport for s in auto.sites if s.decision == "rewritten"} == {"nccl"}
+    assert "does not map peers' memory" in auto.sites[0].transport_reason
 
 
 def test_dynamic_shapes_show_the_symbolic_size():

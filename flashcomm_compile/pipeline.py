@@ -1,0 +1,139 @@
+"""The stages of one quantized all-reduce, described once per transport.
+
+The pass traces these into the post-grad graph (Inductor then launches the Triton kernels itself, or compiles the
+torch reference on CPUs), the eager API calls them, and the benchmarks time them stage by stage. Each pipeline holds
+what the compile knows (config, group, world size, workspace), so nothing is rebuilt per call.
+
+NCCL transport: quantize -> all-to-all (the reduce-scatter) -> dequantize-sum-requantize -> all-gather -> dequantize.
+Symmetric memory: the all-to-all and the all-gather are folded into the kernels' loads from the peers' buffers, with
+a barrier kernel between the steps; see `symmetric.py` for the workspace and why two barriers suffice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .config import FlashCommConfig
+from .kernels import reference
+from .kernels.layout import PayloadLayout, validate_dtype
+
+_c10d = torch.ops._c10d_functional
+
+
+def kernels_for(device: torch.device):
+    """The Triton kernels on CUDA, the torch reference elsewhere (same bytes; Inductor compiles either)."""
+    if device.type == "cuda":
+        from .kernels import triton_kernels
+
+        return triton_kernels
+    return reference
+
+
+def piece_bounds(numel, chunks: int, alignment: int) -> list[tuple]:
+    """[start, end) of up to `chunks` pieces of whole `alignment`-element blocks (only the last piece pads); one
+    piece for a symbolic size, whose pieces cannot be fixed at trace time."""
+    if chunks == 1 or not isinstance(numel, int):
+        return [(0, numel)]
+    size = -(-numel // chunks)
+    size = -(-size // alignment) * alignment
+    return [(start, min(start + size, numel)) for start in range(0, numel, size)]
+
+
+@dataclass(frozen=True)
+class NcclPipeline:
+    """The two-step all-reduce with NCCL's all-to-all and all-gather between the kernels."""
+
+    config: FlashCommConfig
+    group_name: str
+    world_size: int
+
+    def layout(self, numel) -> PayloadLayout:
+        return PayloadLayout(numel, self.world_size, self.config.reduce_bits, self.config.group_size,
+                             self.config.spike_reserve)
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        validate_dtype(x.dtype)
+        return kernels_for(x.device).quantize(x, self.layout(x.numel()))
+
+    def all_to_all(self, payload: torch.Tensor) -> torch.Tensor:
+        """Started, not waited for: the next piece's quantize overlaps it."""
+        splits = [1] * self.world_size
+        return _c10d.all_to_all_single(payload, splits, splits, self.group_name)
+
+    def reduce(self, received: torch.Tensor, numel) -> torch.Tensor:
+        """This rank's chunk from every rank, summed and requantized."""
+        return kernels_for(received.device).dequant_sum_requant(_c10d.wait_tensor(received), self.layout(numel),
+                                                                self.config.gather_bits)
+
+    def all_gather(self, reduced: torch.Tensor) -> torch.Tensor:
+        return _c10d.all_gather_into_tensor(reduced.reshape(-1), self.world_size, self.group_name)
+
+    def dequantize(self, gathered: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        layout = self.layout(like.numel()).with_bits(self.config.gather_bits)
+        gathered = _c10d.wait_tensor(gathered).reshape(self.world_size, -1)
+        return kernels_for(gathered.device).dequantize(gathered, layout, like.dtype, like.shape)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Sum of x over the group. With `config.chunks` > 1 and a static size, x is cut into pieces issued stage by
+        stage over all pieces: a piece's all-to-all overlaps the next piece's quantize, and so on."""
+        bounds = piece_bounds(x.numel(), self.config.chunks, self.world_size * self.config.group_size)
+        pieces = [x] if len(bounds) == 1 else [x.reshape(-1)[start:end] for start, end in bounds]
+        received = [self.all_to_all(self.quantize(p)) for p in pieces]
+        gathered = [self.all_gather(self.reduce(r, p.numel())) for r, p in zip(received, pieces)]
+        outputs = [self.dequantize(g, p) for g, p in zip(gathered, pieces)]
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs).view(x.shape)
+
+
+@dataclass(frozen=True)
+class SymmetricPipeline:
+    """The two-step all-reduce over a symmetric-memory workspace: three kernels and two barrier kernels, ordered by
+    a token tensor that each writes (the data they exchange lives where the graph cannot see it)."""
+
+    config: FlashCommConfig
+    world_size: int
+    table_address: int  # the workspace's address table (symmetric.Workspace)
+    rank: int
+
+    def layouts(self, numel):
+        from .symmetric import SymmetricLayout
+
+        return SymmetricLayout(NcclPipeline(self.config, "", self.world_size).layout(numel), self.config.gather_bits)
+
+    def quantize(self, x: torch.Tensor, token: torch.Tensor) -> None:
+        from .kernels import triton_kernels
+
+        layout = self.layouts(x.numel())
+        triton_kernels.quantize_symm(x, self.table_address, self.rank, layout.stride, layout.payload, token)
+
+    def barrier(self, token: torch.Tensor) -> None:
+        from .kernels import triton_kernels
+
+        triton_kernels.barrier(self.table_address, self.rank, self.world_size, token)
+
+    def reduce(self, numel, token: torch.Tensor) -> None:
+        from .kernels import triton_kernels
+
+        layout = self.layouts(numel)
+        triton_kernels.dequant_sum_requant_peers(self.table_address, self.rank * layout.stride, layout.reduced_offset,
+                                                 self.rank, layout.payload, self.config.gather_bits, token)
+
+    def dequantize(self, like: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+        from .kernels import triton_kernels
+
+        layout = self.layouts(like.numel())
+        return triton_kernels.dequantize_peers(self.table_address, layout.reduced_offset, layout.reduced, like.dtype,
+                                               like.shape, token)
+
+    def __call__(self, x: torch.Tensor, token: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum of x over the group, the token after it); pass the token on to the next all-reduce on this
+        workspace so that the graph keeps them in order."""
+        validate_dtype(x.dtype)
+        if token is None:
+            token = torch.empty(1, dtype=torch.int32, device=x.device)
+        self.quantize(x, token)
+        self.barrier(token)
+        self.reduce(x.numel(), token)
+        self.barrier(token)
+        return self.dequantize(x, token), token
