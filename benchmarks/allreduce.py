@@ -1,21 +1,26 @@
-"""All-reduce latency on the GPUs of one node: NCCL, symmetric-memory two-shot, and the flashcomm variants (and
-"auto") as the compiled code the pass emits, for messages of tokens x hidden bf16, with the relative error of each;
-and where the time of one flashcomm all-reduce goes, stage by stage, at the largest sizes.
+"""All-reduce latency on the GPUs of one node: the baselines (NCCL called eagerly, NCCL as Inductor compiles it,
+symmetric-memory two-shot) and the flashcomm variants (and "auto") as the code the pass emits, for messages of tokens
+x hidden bf16, with the relative error of each; and where the time of one flashcomm all-reduce goes, stage by stage.
 
 GPU time per all-reduce: 10 back-to-back calls captured in one CUDA graph, median of 20 replays, slowest rank
 (`timing.graph_median_ms`). Where capture fails the row says so and falls back to timing single calls.
+"no graphs": 20 back-to-back calls without CUDA graphs (`timing.back_to_back_us`), as Inductor's default mode runs
+them: where it exceeds the GPU time, the host is the bottleneck.
 
     PYTHONPATH=. python -m benchmarks.allreduce [--world-size 2] [--links default,p2p-disabled] [--quick]
     PYTHONPATH=. python -m benchmarks.allreduce --symm-sweep   # launches of the peer-load kernels, 134 MB
 
 Each link mode runs in fresh processes (NCCL reads NCCL_P2P_DISABLE at start-up). Prints a table per mode and writes
-benchmarks/results/allreduce_<link>_<card>_w<W>.json; `benchmarks/plot_allreduce.py` draws them.
+benchmarks/results/allreduce_<link>_<card>_w<W>.json; `benchmarks/plot_allreduce.py` draws them. With $OUT set, the
+code Inductor generated for each variant is written there too (code_<variant>.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -23,35 +28,38 @@ import torch.distributed._functional_collectives as funcol
 
 from benchmarks.common import SYMM_MEM_LINKS, compile_every_variant, environment, print_table, use_link, write_json
 from benchmarks.kernel_bandwidth import each_launch, fastest
+from flashcomm_compile import symmetric
 from flashcomm_compile.config import FlashCommConfig
-from flashcomm_compile.kernels import triton_kernels
 from flashcomm_compile.kernels.launches import LAUNCH
-from flashcomm_compile.kernels.layout import PayloadLayout
 from flashcomm_compile.launch import run_ranks
-from flashcomm_compile.symmetric import SymmetricLayout, symmetric_all_reduce, workspace
-from flashcomm_compile.timing import graph_median_ms, median_ms
+from flashcomm_compile.pipeline import NcclPipeline
+from flashcomm_compile.timing import back_to_back_us, graph_median_ms, median_ms
 
 HIDDENS = (4096, 8192)
 TOKENS = (2, 8, 32, 128, 512, 2048, 8192, 16384)
 MAX_BYTES = 256 * 2**20
 FLASHCOMM_VARIANTS = {
-    "INT8/INT8": dict(reduce_bits=8, gather_bits=8),
-    "INT4/INT8": dict(reduce_bits=4, gather_bits=8),
-    "INT4/INT4": dict(reduce_bits=4, gather_bits=4),
-    "INT2+spike/INT4": dict(reduce_bits=2, gather_bits=4, spike_reserve=True, group_size=32),
-    # the default config (INT4/INT8 g128) where the cost model predicts a gain; timed in this script's CUDA graphs
+    "INT8/INT8": dict(reduce_bits=8, gather_bits=8, transport="nccl"),
+    "INT4/INT8": dict(reduce_bits=4, gather_bits=8, transport="nccl"),
+    "INT4/INT4": dict(reduce_bits=4, gather_bits=4, transport="nccl"),
+    "INT2+spike/INT4": dict(reduce_bits=2, gather_bits=4, spike_reserve=True, group_size=32, transport="nccl"),
+    # INT4/INT8 g128, transport auto, where the cost model predicts a gain in CUDA graphs (as timed here); the
+    # "default options" variant (no options at all) is what a default-mode user gets, host time counted
     "auto": dict(mode="auto", cuda_graphs=True),
-    "INT4/INT8 x4 pieces": dict(reduce_bits=4, gather_bits=8, chunks=4),  # symbolic size: cut at run time
+    "INT8/INT8 symm_mem": dict(reduce_bits=8, gather_bits=8, transport="symm_mem"),
     "INT4/INT8 symm_mem": dict(reduce_bits=4, gather_bits=8, transport="symm_mem"),
     "INT4/INT4 symm_mem": dict(reduce_bits=4, gather_bits=4, transport="symm_mem"),
 }
+# also timed without CUDA graphs (host cost)
+NO_GRAPHS = ("nccl eager", "nccl", "symm_mem two-shot", "INT4/INT8", "INT4/INT8 symm_mem", "default options")
 BREAKDOWN_SIZES = ((8192, 4096), (16384, 4096))
-BREAKDOWN_CONFIG = dict(reduce_bits=4, gather_bits=8, group_size=128, spike_reserve=False)
+BREAKDOWN_CONFIG = FlashCommConfig(reduce_bits=4, gather_bits=8, group_size=128)
 
 
 def _sizes(quick: bool) -> list[tuple[int, int]]:
-    tokens = (8, 512, 8192) if quick else TOKENS
-    return [(t, h) for h in HIDDENS for t in tokens if t * h * 2 <= MAX_BYTES]
+    if quick:
+        return [(t, 4096) for t in (8, 128, 512, 2048, 8192, 16384)]
+    return [(t, h) for h in HIDDENS for t in TOKENS if t * h * 2 <= MAX_BYTES]
 
 
 def _compiled_all_reduce(backend, group_name: str):
@@ -59,6 +67,12 @@ def _compiled_all_reduce(backend, group_name: str):
         return funcol.all_reduce(x, "sum", group_name)
 
     return torch.compile(all_reduce, backend=backend or "inductor", dynamic=True)
+
+
+def _eager_nccl(like: torch.Tensor):
+    """NCCL's in-place all-reduce called eagerly, on a buffer of x's size (a user's best exact eager call)."""
+    buffer = like.clone()
+    return lambda: dist.all_reduce(buffer)
 
 
 def _symm_mem_two_shot(group_name: str, like: torch.Tensor):
@@ -80,31 +94,40 @@ def _gpu_us(fn, device: torch.device, row: dict) -> float:
         return median_ms(fn, device, warmup=5, iters=30) * 1e3
 
 
-def _symm_mem_stages(x: torch.Tensor, group_name: str, world: int) -> dict:
-    """The stages of the symmetric-memory pipeline for x, as calls to time alone."""
-    cfg = BREAKDOWN_CONFIG
-    layout = SymmetricLayout(PayloadLayout(x.numel(), world, cfg["reduce_bits"], cfg["group_size"],
-                                           cfg["spike_reserve"]), cfg["gather_bits"])
-    ws = workspace(group_name, x.device, layout.total_bytes)
-    payload, reduced = layout.payload_in(ws.buffer), layout.reduced_in(ws.buffer)
-    offset = ws.handle.rank * layout.stride
-    config = FlashCommConfig(**cfg, transport="symm_mem")
-    return {
-        "symm quantize": lambda: triton_kernels.quantize(x, layout.payload, out=payload),
-        "symm barrier": lambda: ws.handle.barrier(channel=0),
-        "symm dequant-sum-requant (peer loads)": lambda: triton_kernels.dequant_sum_requant_peers(
-            ws.table, offset, layout.payload, cfg["gather_bits"], reduced),
-        "symm dequantize (peer loads)": lambda: triton_kernels.dequantize_peers(
-            ws.table, layout.reduced_offset, layout.reduced, x.dtype, x.shape),
-        "symm whole (eager)": lambda: symmetric_all_reduce(x, group_name, world, config),
+def _stages(x: torch.Tensor, group_name: str, world: int, link: str) -> dict:
+    """Each stage of one INT4/INT8 all-reduce as a call to time alone, from the pipelines the pass lowers: the NCCL
+    transport's, and in the default link mode the symmetric-memory one's."""
+    nccl = NcclPipeline(BREAKDOWN_CONFIG, group_name, world)
+    payload = nccl.quantize(x)
+    received = nccl.all_to_all(payload)
+    reduced = nccl.reduce(received, x.numel())
+    gathered = nccl.all_gather(reduced)
+    nccl.dequantize(gathered, x)
+    stages = {
+        "quantize": lambda: nccl.quantize(x),
+        "all-to-all": lambda: torch.ops._c10d_functional.wait_tensor(nccl.all_to_all(payload)),
+        "dequant-sum-requant": lambda: nccl.reduce(received, x.numel()),
+        "all-gather": lambda: torch.ops._c10d_functional.wait_tensor(nccl.all_gather(reduced)),
+        "dequantize": lambda: nccl.dequantize(gathered, x),
     }
+    if link in SYMM_MEM_LINKS:
+        symm = symmetric.pipeline(group_name, x.device, x.numel(), world, BREAKDOWN_CONFIG.with_transport("symm_mem"))
+        token = torch.empty(1, dtype=torch.int32, device=x.device)
+        stages.update({
+            "symm quantize": lambda: symm.quantize(x, token, token),
+            "symm barrier": lambda: symm.barrier(token),
+            "symm dequant-sum-requant (peer loads)": lambda: symm.reduce(x.numel(), token),
+            "symm dequantize (peer loads)": lambda: symm.dequantize(x, token),
+            "symm whole (eager)": lambda: symm(x),
+        })
+    return stages
 
 
 def _symm_mem_sweep(group_name: str, world: int, device: torch.device) -> list[dict]:
     """Every candidate launch of the two peer-load kernels at the largest breakdown size, each timed alone."""
     tokens, hidden = BREAKDOWN_SIZES[-1]
     x = torch.randn(tokens, hidden, device=device, dtype=torch.bfloat16)
-    stages = _symm_mem_stages(x, group_name, world)
+    stages = _stages(x, group_name, world, "default")
     stages["symm quantize"]()
     rows = []
     for kernel, stage in (("dequant_sum_requant_peers", "symm dequant-sum-requant (peer loads)"),
@@ -116,40 +139,32 @@ def _symm_mem_sweep(group_name: str, world: int, device: torch.device) -> list[d
 
 
 def _stage_breakdown(group_name: str, world: int, device: torch.device, link: str) -> list[dict]:
-    """GPU time of each stage of one INT4/INT8 all-reduce, each stage timed alone (eager ops, CUDA graph); the
-    symmetric-memory pipeline's too in the default link mode."""
-    c10d, flashcomm = torch.ops._c10d_functional, torch.ops.flashcomm
-    cfg = BREAKDOWN_CONFIG
-    bits, gbits, g, spike = cfg["reduce_bits"], cfg["gather_bits"], cfg["group_size"], cfg["spike_reserve"]
-    splits = [1] * world
+    """GPU time of each stage of one INT4/INT8 all-reduce, each stage timed alone (eager, CUDA graph)."""
     rows = []
     for tokens, hidden in BREAKDOWN_SIZES:
         x = torch.randn(tokens, hidden, device=device, dtype=torch.bfloat16)
-        payload = flashcomm.quantize(x, world, bits, g, spike)
-        received = c10d.wait_tensor(c10d.all_to_all_single(payload, splits, splits, group_name))
-        reduced = flashcomm.dequant_sum_requant(received, x.numel(), bits, gbits, g, spike)
-        gathered = c10d.wait_tensor(c10d.all_gather_into_tensor(reduced.reshape(-1), world, group_name))
-        stages = {
-            "quantize": lambda: flashcomm.quantize(x, world, bits, g, spike),
-            "all-to-all": lambda: c10d.wait_tensor(c10d.all_to_all_single(payload, splits, splits, group_name)),
-            "dequant-sum-requant": lambda: flashcomm.dequant_sum_requant(received, x.numel(), bits, gbits, g, spike),
-            "all-gather": lambda: c10d.wait_tensor(c10d.all_gather_into_tensor(reduced.reshape(-1), world, group_name)),
-            "dequantize": lambda: flashcomm.dequantize(gathered, world, x.shape, x.dtype, gbits, g, spike),
-            "nccl all-reduce (eager)": lambda: c10d.wait_tensor(c10d.all_reduce(x, "sum", group_name)),
-        }
-        row = dict(tokens=tokens, hidden=hidden, MB=x.nbytes / 1e6, payload_MB=payload.nbytes / 1e6,
-                   gathered_MB=gathered.nbytes / 1e6)
-        for name, fn in stages.items():
-            row[f"{name} us"] = _gpu_us(fn, device, row)
-        row["sum of stages us"] = sum(row[f"{n} us"] for n in list(stages)[:5])
-        if link in SYMM_MEM_LINKS:
-            try:
-                for name, fn in _symm_mem_stages(x, group_name, world).items():
-                    row[f"{name} us"] = _gpu_us(fn, device, row)
-            except Exception as e:  # noqa: BLE001 - reported beside the NCCL pipeline's stages
-                row["errors"] = [f"symm_mem stages: {type(e).__name__}: {e}"[:300]]
+        row = dict(tokens=tokens, hidden=hidden, MB=x.nbytes / 1e6)
+        try:
+            stages = _stages(x, group_name, world, link)
+            stages["nccl all-reduce (eager)"] = _eager_nccl(x)
+            for name, fn in stages.items():
+                row[f"{name} us"] = _gpu_us(fn, device, row)
+            row["sum of stages us"] = sum(row[f"{n} us"] for n in list(stages)[:5])
+        except Exception as e:  # noqa: BLE001 - reported beside the stages that were timed
+            row["errors"] = [f"stages: {type(e).__name__}: {e}"[:300]]
         rows.append(row)
     return rows
+
+
+def _first_call_writing_code(name: str, fn, x: torch.Tensor, rank: int) -> None:
+    """fn's first call (its compile), on every rank; rank 0 writes the code Inductor generated under $OUT."""
+    from torch._inductor.utils import run_and_get_code
+
+    _, code = run_and_get_code(fn, x)
+    if rank != 0:
+        return
+    slug = "".join(c if c.isalnum() else "_" for c in name)
+    Path(os.environ["OUT"], f"code_{slug}.py").write_text("\n\n# ----\n\n".join(code))
 
 
 def _variants(link: str) -> dict[str, dict]:
@@ -167,36 +182,48 @@ def _rank_main(rank: int, world: int, quick: bool, link: str, only: list[str] | 
     for name, config in _variants(link).items():
         backend = flashcomm_compile.backend(**{"mode": "always", **config})
         variants[name] = _compiled_all_reduce(backend, group_name)
+    variants["default options"] = _compiled_all_reduce(flashcomm_compile.backend(), group_name)
     if only:
         variants = {name: fn for name, fn in variants.items() if name in only}
     rows = []
     gen = torch.Generator(device).manual_seed(rank)
-    for tokens, hidden in _sizes(quick):
+    for size, (tokens, hidden) in enumerate(_sizes(quick)):
         x = torch.randn(tokens, hidden, device=device, dtype=torch.bfloat16, generator=gen)
         exact = x.float()
         dist.all_reduce(exact)
         row = dict(tokens=tokens, hidden=hidden, MB=x.nbytes / 1e6)
-        samples = {name: [] for name in variants}
+        calls = {name: (lambda fn=fn: fn(x)) for name, fn in variants.items()}
+        if not only:
+            calls["nccl eager"] = _eager_nccl(x)
+            try:
+                calls["symm_mem two-shot"] = _symm_mem_two_shot(group_name, x)
+            except Exception as e:  # noqa: BLE001 - reported in the table, the reference is optional
+                row.setdefault("errors", []).append(f"symm_mem two-shot: {type(e).__name__}: {e}"[:200])
+        samples = {name: [] for name in calls}
         for _ in range(repeat):  # repeats interleave the variants, so that drift hits them alike
-            for name, fn in variants.items():
+            for name, call in calls.items():
                 try:
-                    out = fn(x).float()  # a copy: CUDA graphs reuse the output buffer on the next replay
-                    row[f"{name} err"] = ((out - exact).norm() / exact.norm()).item()
-                    samples[name].append(_gpu_us(lambda: fn(x), device, row))
+                    if name in variants:
+                        if size == 0 and not samples[name] and os.environ.get("OUT"):
+                            _first_call_writing_code(name, variants[name], x, rank)
+                        out = variants[name](x).float()  # a copy: CUDA graphs reuse the output buffer
+                        row[f"{name} err"] = ((out - exact).norm() / exact.norm()).item()
+                    samples[name].append(_gpu_us(call, device, row))
                 except Exception as e:  # noqa: BLE001 - one broken variant is reported, the others still measured
                     row.setdefault("errors", []).append(f"{name}: {type(e).__name__}: {e}"[:300])
         for name, times in samples.items():
             row[f"{name} us"] = statistics.median(times) if times else None
-        if not only:
-            try:
-                row["symm_mem two-shot us"] = _gpu_us(_symm_mem_two_shot(group_name, x), device, row)
-            except Exception as e:  # noqa: BLE001 - reported in the table, the reference is optional
-                row["symm_mem two-shot us"] = None
-                row["symm_mem error"] = f"{type(e).__name__}: {e}"[:200]
+        for name in NO_GRAPHS + ("default options",):
+            if name in calls and row.get(f"{name} us") is not None:
+                try:
+                    row[f"{name} no-graphs us"] = back_to_back_us(calls[name], device)
+                except Exception as e:  # noqa: BLE001 - reported beside the numbers that were timed
+                    row.setdefault("errors", []).append(f"{name} no graphs: {type(e).__name__}: {e}"[:300])
         rows.append(row)
         if rank == 0:
             print(f"  {tokens} x {hidden}: " + ", ".join(
                 f"{k.removesuffix(' us')} {v:.0f}" for k, v in row.items() if k.endswith(" us") and v), flush=True)
+        del calls
         torch.cuda.empty_cache()
     return dict(rows=rows, breakdown=[] if only else _stage_breakdown(group_name, world, device, link))
 
@@ -226,11 +253,19 @@ def main() -> None:
         only = args.only.split(",") if args.only else None
         result = run_ranks(args.world_size, _rank_main, args.quick, link, only, args.repeat, backend="nccl")[0]
         env = environment()
-        names = [n for n in ["nccl", "symm_mem two-shot", *_variants(link)] if not only or n in only]
-        columns = ["tokens", "hidden", "MB"] + [f"{n} us" for n in names] + [f"{n} err" for n in names if n != "nccl"]
+        names = [n for n in ["nccl eager", "nccl", "symm_mem two-shot", *_variants(link), "default options"]
+                 if not only or n in only]
+        columns = ["tokens", "hidden", "MB"] + [f"{n} us" for n in names]
+        no_graphs = ["tokens", "hidden", "MB"] + [f"{n} no-graphs us" for n in names if n in NO_GRAPHS]
+        errors = ["tokens", "hidden"] + [f"{n} err" for n in names if n not in ("nccl", "nccl eager",
+                                                                               "symm_mem two-shot")]
         print(f"\nall-reduce, GPU time per call (CUDA graph), {env['card']} x{args.world_size}, link {link}, "
               f"torch {env['torch']}, NCCL {env['nccl']}, {env['date']}")
         print_table(result["rows"], columns)
+        print("time per call of 20 back-to-back calls WITHOUT CUDA graphs (us):")
+        print_table(result["rows"], no_graphs)
+        print("relative error:")
+        print_table(result["rows"], errors)
         fallbacks = {f for row in result["rows"] + result["breakdown"] for f in row.get("timing fallback", [])}
         print("timing fallbacks:", sorted(fallbacks) or "none")
         print("errors:", sorted({e for row in result["rows"] + result["breakdown"] for e in row.get("errors", [])})

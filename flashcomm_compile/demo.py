@@ -17,7 +17,9 @@ from .examples.llama import LlamaShape, build, shard_with_funcol
 from .launch import default_backend, rank_device, run_ranks
 from .timing import median_ms
 
-OPS_OF_A_REWRITE = ("flashcomm.", "_c10d_functional.")
+# the lines of a rewritten all-reduce worth showing: its Triton kernels (GPU) and its collectives; on CPUs the
+# kernels are the torch reference's ops, compiled by Inductor
+OPS_OF_A_REWRITE = ("triton_kernel_wrapper_functional", "_c10d_functional.")
 
 
 def _rank_main(rank: int, world: int, args: argparse.Namespace) -> dict:
@@ -44,6 +46,7 @@ def _rank_main(rank: int, world: int, args: argparse.Namespace) -> dict:
         device=torch.cuda.get_device_name(device) if on_gpu else "cpu", backend=dist.get_backend(), dtype=str(dtype),
         config=backend.config.describe(), all_reduce_bytes=x.numel() * x.element_size(),
         sites=len(record.sites), rewritten=len(record.rewritten()),
+        transports=sorted({s.decision.transport for s in record.rewritten()}),
         rewrite=[line.strip() for line in record.after.splitlines() if any(op in line for op in OPS_OF_A_REWRITE)],
         max_error=(out.float() - exact.float()).abs().max().item(),
         relative_error=((out.float() - exact.float()).norm() / exact.float().norm()).item(),
@@ -73,10 +76,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"flashcomm demo: Llama-style TP model, {args.layers} layers, dim {args.dim}, {args.tokens} tokens, "
           f"{args.world_size} ranks on {r['backend']} ({r['device']}), {r['dtype']}")
     print(f"config: {r['config']}; each all-reduce carries {r['all_reduce_bytes'] / 2**20:.2f} MiB")
-    print("\nthe first all-reduce after the pass:")
+    print("\nthe first all-reduce after the pass (its kernels and collectives):")
     for line in r["rewrite"][:7]:
         print(f"    {line[:150]}")
-    print(f"\nall-reduces rewritten: {r['rewritten']} of {r['sites']}")
+    print(f"\nall-reduces rewritten: {r['rewritten']} of {r['sites']}, transport {', '.join(r['transports'])}")
     print(f"error vs exact all-reduce: max |diff| {r['max_error']:.4g}, relative {r['relative_error']:.4g}; "
           f"ranks bitwise identical: {identical}")
     print(f"time per step (median): exact all-reduce {r['exact_ms']:.2f} ms, flashcomm {r['flash_ms']:.2f} ms "

@@ -57,3 +57,24 @@ def graph_median_ms(fn: Callable[[], object], device: torch.device, calls: int =
     ms = median_ms(graph.replay, device, warmup=2, iters=iters) / calls
     del graph
     return ms
+
+
+def back_to_back_us(fn: Callable[[], object], device: torch.device, calls: int = 20, iters: int = 5) -> float:
+    """Time per call in us of `calls` back-to-back calls without CUDA graphs, as Inductor's default mode runs them:
+    the host's cost (Python, launches, guards) shows wherever it exceeds the GPU's. Median of `iters`, slowest rank."""
+    for _ in range(2):
+        fn()
+    samples = []
+    for _ in range(iters):
+        if dist.is_initialized():
+            dist.barrier()
+        torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize(device)
+        samples.append((time.perf_counter() - t0) / calls * 1e6)
+    median = torch.tensor([statistics.median(samples)], dtype=torch.float64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(median, op=dist.ReduceOp.MAX)
+    return median.item()

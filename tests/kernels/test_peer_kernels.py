@@ -1,6 +1,7 @@
-"""The symmetric-memory kernels, which read their inputs from every rank's buffer through a table of addresses,
-against the all-to-all path's kernels: W simulated ranks in one process, each rank's "symmetric buffer" a tensor of
-this process whose address goes into the table. Payloads, gathered chunks and outputs must be the same bytes."""
+"""The symmetric-memory kernels, which reach every rank's buffer through a table of addresses, against the
+all-to-all path's kernels: W simulated ranks in one process, each rank's "symmetric buffer" a tensor of this process
+whose address goes into the table. Payloads, gathered chunks and outputs must be the same bytes, and every kernel
+writes its token. (The barrier kernel is GPU-only inline assembly: the multi-GPU tests run it.)"""
 
 from __future__ import annotations
 
@@ -33,21 +34,25 @@ def test_peer_kernels_give_the_all_to_all_paths_bytes(device, world, dtype, dist
     expected, layout = simulate(triton_kernels, inputs, reduce_bits, gather_bits, group_size, spike)
     symmetric = SymmetricLayout(layout, gather_bits)
     buffers = [torch.full((symmetric.total_bytes,), 0xAB, dtype=torch.uint8, device=device) for _ in inputs]
-    table = torch.tensor([b.data_ptr() for b in buffers], dtype=torch.int64, device=device)
+    pads = [0] * world  # the barrier's signal pads: not read by these kernels
+    table = torch.tensor([[b.data_ptr() for b in buffers], pads], dtype=torch.int64, device=device)
+    address = table.data_ptr()
+    tokens = [torch.full((1,), 7, dtype=torch.int32, device=device) for _ in range(3 * world)]
+    for rank, x in enumerate(inputs):
+        triton_kernels.quantize_symm(x, address, rank, symmetric.stride, layout, tokens[rank])
+    for rank in range(world):
+        triton_kernels.dequant_sum_requant_peers(address, rank * symmetric.stride, symmetric.reduced_offset, rank,
+                                                 layout, gather_bits, tokens[world + rank])
+    outputs = [triton_kernels.dequantize_peers(address, symmetric.reduced_offset, symmetric.reduced, dtype, x.shape,
+                                               tokens[2 * world + rank]) for rank, x in enumerate(inputs)]
     payloads = [symmetric.payload_in(b) for b in buffers]
-    for x, payload in zip(inputs, payloads):
-        triton_kernels.quantize(x, layout, out=payload)
-    for rank, buffer in enumerate(buffers):
-        triton_kernels.dequant_sum_requant_peers(table, rank * symmetric.stride, layout, gather_bits,
-                                                 symmetric.reduced_in(buffer))
-    outputs = [triton_kernels.dequantize_peers(table, symmetric.reduced_offset, symmetric.reduced, dtype, x.shape)
-               for x in inputs]
 
     for payload, sent in zip(payloads, expected.sent):
         assert torch.equal(payload[:, :layout.chunk_bytes], sent)
     assert torch.equal(torch.cat([symmetric.reduced_in(b) for b in buffers]), expected.gathered)
     for out in outputs:
         assert torch.equal(out.view(torch.uint8), expected.outputs[0].view(torch.uint8))
+    assert all(t.item() == 0 for t in tokens)
 
 
 def test_symmetric_layout_aligns_every_chunk():

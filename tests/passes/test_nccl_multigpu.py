@@ -1,6 +1,7 @@
-"""On 2 GPUs with NCCL: the compiled Triton pipeline against its eager kernels and the bound, the symmetric-memory
-transport against the NCCL transport, and the Llama TP model on both transports with Inductor's default mode and with
-CUDA graphs (mode="reduce-overhead")."""
+"""On 2 GPUs with NCCL: the compiled Triton pipeline against its eager kernels and the bound, the kernels launched by
+Inductor's generated code (no flashcomm op behind the dispatcher), the symmetric-memory transport against the NCCL
+transport (sites in any order, dynamic sizes, CUDA graphs), and the Llama TP model on both transports with
+Inductor's default mode and with CUDA graphs (mode="reduce-overhead")."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def _single_site(rank, world):
     x = torch.randn(4096, 4096 + 64, device="cuda", dtype=torch.bfloat16)
     from torch._inductor import config as inductor_config
 
-    backend = flashcomm_compile.backend(mode="always", reduce_bits=4, gather_bits=8)
+    backend = flashcomm_compile.backend(mode="always", reduce_bits=4, gather_bits=8, transport="nccl")
     with inductor_config.patch(fx_graph_cache=False):
         out = torch.compile(lambda t: funcol.all_reduce(t, "sum", dist.group.WORLD), backend=backend)(x)
     inputs = [torch.empty_like(x) for _ in range(world)]
@@ -87,7 +88,7 @@ def _symm_mem_sites(rank, world):
         return fn, backend
 
     symm, symm_backend = compiled(transport="symm_mem")
-    nccl, _ = compiled()
+    nccl, _ = compiled(transport="nccl")
     gen = torch.Generator("cuda").manual_seed(rank)
     results = []
     for rows in (64, 3000):
@@ -108,7 +109,7 @@ def _symm_mem_sites(rank, world):
         expected = nccl(x)
         graph.replay()
         results.append(torch.equal(out, expected))
-    symm_ops = sum(g.op_counts["flashcomm.symm_mem_all_reduce.default"] for g in symm_backend.records)
+    symm_ops = sum(g.op_counts["triton.barrier_kernel"] for g in symm_backend.records)
     return dict(results=results, out=out.cpu(), symm_ops=symm_ops)
 
 
@@ -116,5 +117,45 @@ def test_symm_mem_transport_gives_the_nccl_transports_bytes():
     ranks = run_ranks(2, _symm_mem_sites, backend="nccl")
     for r in ranks:
         assert all(r["results"]), r["results"]
-        assert r["symm_ops"] >= 1
+        assert r["symm_ops"] == 2  # one compile (the workspace holds both sizes), two barriers
     assert torch.equal(ranks[0]["out"], ranks[1]["out"])
+
+
+def _generated_code(rank, world):
+    """Both transports lowered: the pipeline's Triton kernels launched by Inductor's generated code, no flashcomm op
+    behind the dispatcher; two independent symm_mem sites in one graph (the tokens keep them in order) give the NCCL
+    transport's bytes; transport auto picks symm_mem on NVLink."""
+    import flashcomm_compile
+    from torch._inductor import config as inductor_config
+    from torch._inductor.utils import run_and_get_code
+
+    def two_sites(a, b):
+        return funcol.all_reduce(a, "sum", dist.group.WORLD), funcol.all_reduce(b * 3, "sum", dist.group.WORLD)
+
+    gen = torch.Generator("cuda").manual_seed(rank)
+    a, b = (torch.randn(512, 4096, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(2))
+    out = {}
+    for transport in ("nccl", "symm_mem", "auto"):
+        backend = flashcomm_compile.backend(mode="always", transport=transport)
+        with inductor_config.patch(fx_graph_cache=False):
+            result, code = run_and_get_code(torch.compile(two_sites, backend=backend), a, b)
+        out[transport] = dict(result=[t.cpu() for t in result], code=code[0],
+                              transports=[s.decision.transport for s in backend.records[0].sites])
+    return out
+
+
+def test_both_transports_launch_their_kernels_from_the_generated_code():
+    ranks = run_ranks(2, _generated_code, backend="nccl")
+    for r in ranks:
+        for transport, kernels in (("nccl", ("quantize_kernel", "dequant_sum_requant_kernel", "dequantize_kernel")),
+                                   ("symm_mem", ("quantize_symm_kernel", "barrier_kernel",
+                                                 "dequant_sum_requant_peers_kernel", "dequantize_peers_kernel"))):
+            code = r[transport]["code"]
+            assert "torch.ops.flashcomm" not in code
+            assert all(k in code for k in kernels), (transport, code[-3000:])
+            assert "_c10d_functional.all_reduce" not in code
+        assert ("all_to_all_single" in r["nccl"]["code"]) and ("all_to_all_single" not in r["symm_mem"]["code"])
+        assert r["auto"]["transports"] == ["symm_mem", "symm_mem"]
+        for i in range(2):
+            assert torch.equal(r["symm_mem"]["result"][i], r["nccl"]["result"][i])
+    assert torch.equal(ranks[0]["symm_mem"]["result"][1], ranks[1]["symm_mem"]["result"][1])
