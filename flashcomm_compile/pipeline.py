@@ -101,11 +101,11 @@ class SymmetricPipeline:
 
         return SymmetricLayout(NcclPipeline(self.config, "", self.world_size).layout(numel), self.config.gather_bits)
 
-    def quantize(self, x: torch.Tensor, token: torch.Tensor) -> None:
+    def quantize(self, x: torch.Tensor, after: torch.Tensor, token: torch.Tensor) -> None:
         from .kernels import triton_kernels
 
         layout = self.layouts(x.numel())
-        triton_kernels.quantize_symm(x, self.table_address, self.rank, layout.stride, layout.payload, token)
+        triton_kernels.quantize_symm(x, self.table_address, self.rank, layout.stride, layout.payload, after, token)
 
     def barrier(self, token: torch.Tensor) -> None:
         from .kernels import triton_kernels
@@ -116,8 +116,9 @@ class SymmetricPipeline:
         from .kernels import triton_kernels
 
         layout = self.layouts(numel)
-        triton_kernels.dequant_sum_requant_peers(self.table_address, self.rank * layout.stride, layout.reduced_offset,
-                                                 self.rank, layout.payload, self.config.gather_bits, token)
+        chunk = layout.stride * self.rank if self.rank else 0  # rank 0's: a plain 0, not a symbolic 0 * stride
+        triton_kernels.dequant_sum_requant_peers(self.table_address, chunk, layout.reduced_offset, self.rank,
+                                                 layout.payload, self.config.gather_bits, token)
 
     def dequantize(self, like: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
         from .kernels import triton_kernels
@@ -126,13 +127,12 @@ class SymmetricPipeline:
         return triton_kernels.dequantize_peers(self.table_address, layout.reduced_offset, layout.reduced, like.dtype,
                                                like.shape, token)
 
-    def __call__(self, x: torch.Tensor, token: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sum of x over the group, the token after it); pass the token on to the next all-reduce on this
-        workspace so that the graph keeps them in order."""
+    def __call__(self, x: torch.Tensor, after: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum of x over the group, its token). `after`: the token of the all-reduce before it on this workspace
+        (read-only, so that tracing adds no write-back), which keeps the two in order in the graph."""
         validate_dtype(x.dtype)
-        if token is None:
-            token = torch.empty(1, dtype=torch.int32, device=x.device)
-        self.quantize(x, token)
+        token = torch.empty(1, dtype=torch.int32, device=x.device)
+        self.quantize(x, x if after is None else after, token)
         self.barrier(token)
         self.reduce(x.numel(), token)
         self.barrier(token)

@@ -259,10 +259,12 @@ def _dequant_sum_requant(sources, in_offset, out, groups_per_chunk, in_chunk_byt
 
 
 @triton.jit
-def _table(table_address):
+def _table(table_high, table_low):
     """The int64 address table of a symmetric workspace (row 0: every rank's buffer, row 1: its signal pad), from
-    its address: the compiled code passes it as a constant, no tensor to look up per call."""
-    return table_address.to(tl.int64).to(tl.pointer_type(tl.int64))
+    its address: the compiled code passes it as constants, no tensor to look up per call. The address comes in two
+    parts (bits 24 and up, bits 0-23), each within int32: Inductor (torch 2.11) fails on larger integer arguments
+    under dynamic shapes."""
+    return ((tl.cast(table_high, tl.int64) << 24) + table_low).to(tl.pointer_type(tl.int64))
 
 
 @triton.jit
@@ -287,11 +289,12 @@ def quantize_kernel(x, payload, numel, total_groups, groups_per_chunk, chunk_byt
 
 
 @triton.jit
-def quantize_symm_kernel(x, table_address, rank, token, numel, total_groups, groups_per_chunk, stride,
-                         BITS: tl.constexpr, G: tl.constexpr, SPIKE: tl.constexpr, BLOCK_G: tl.constexpr):
-    """quantize_kernel writing into this rank's symmetric buffer, chunk c at c * stride."""
-    _quantize(x, _peer_chunk(_table(table_address), rank, 0), numel, total_groups, groups_per_chunk, stride, BITS, G,
-              SPIKE, BLOCK_G)
+def quantize_symm_kernel(x, table_high, table_low, rank, after, token, numel, total_groups, groups_per_chunk,
+                         stride, BITS: tl.constexpr, G: tl.constexpr, SPIKE: tl.constexpr, BLOCK_G: tl.constexpr):
+    """quantize_kernel writing into this rank's symmetric buffer, chunk c at c * stride. `after` (not read) is the
+    token of the all-reduce before it on this workspace: the graph orders this kernel after that one's last."""
+    _quantize(x, _peer_chunk(_table(table_high, table_low), rank, 0), numel, total_groups, groups_per_chunk, stride,
+              BITS, G, SPIKE, BLOCK_G)
     _mark(token)
 
 
@@ -304,12 +307,12 @@ def dequant_sum_requant_kernel(received, out, groups_per_chunk, in_chunk_bytes, 
 
 
 @triton.jit
-def dequant_sum_requant_peers_kernel(table_address, in_offset, out_offset, rank, token, groups_per_chunk,
+def dequant_sum_requant_peers_kernel(table_high, table_low, in_offset, out_offset, rank, token, groups_per_chunk,
                                      WORLD: tl.constexpr, IN_BITS: tl.constexpr, OUT_BITS: tl.constexpr,
                                      G: tl.constexpr, SPIKE: tl.constexpr, BLOCK_G: tl.constexpr):
     """dequant_sum_requant_kernel reading each source's chunk straight from that rank's buffer (the all-to-all
     folded into the loads), writing `out_offset` bytes into this rank's."""
-    table = _table(table_address)
+    table = _table(table_high, table_low)
     _dequant_sum_requant(table, in_offset, _peer_chunk(table, rank, out_offset), groups_per_chunk, 0, False, WORLD,
                          IN_BITS, OUT_BITS, G, SPIKE, BLOCK_G)
     _mark(token)
@@ -337,14 +340,15 @@ def dequantize_kernel(payload, out, numel, groups_per_chunk, chunk_bytes, WORLD:
 
 
 @triton.jit
-def dequantize_peers_kernel(table_address, in_offset, out, token, numel, groups_per_chunk, WORLD: tl.constexpr,
-                            BITS: tl.constexpr, G: tl.constexpr, SPIKE: tl.constexpr, BLOCK_G: tl.constexpr):
+def dequantize_peers_kernel(table_high, table_low, in_offset, out, token, numel, groups_per_chunk,
+                            WORLD: tl.constexpr, BITS: tl.constexpr, G: tl.constexpr, SPIKE: tl.constexpr,
+                            BLOCK_G: tl.constexpr):
     """dequantize_kernel reading chunk c straight from rank c's buffer (the all-gather folded into the loads).
     Program p handles block p // W of chunk p % W: consecutive programs read different ranks, so the local chunk's
     loads (HBM) and the peers' (NVLink) run side by side rather than one after the other."""
     source = tl.program_id(0) % WORLD
     group = tl.program_id(0) // WORLD * BLOCK_G + tl.arange(0, BLOCK_G)
-    _dequantize_groups(_peer_chunk(_table(table_address), source, in_offset), out, numel, source, group,
+    _dequantize_groups(_peer_chunk(_table(table_high, table_low), source, in_offset), out, numel, source, group,
                        groups_per_chunk, group < groups_per_chunk, BITS, G, SPIKE, BLOCK_G)
     _mark(token)
 
@@ -355,12 +359,12 @@ def _thread_index():
 
 
 @triton.jit
-def barrier_kernel(table_address, rank, token, WORLD: tl.constexpr, LANES: tl.constexpr):
+def barrier_kernel(table_high, table_low, rank, token, WORLD: tl.constexpr, LANES: tl.constexpr):
     """Every rank of the workspace's group waits here for every other, as torch's symmetric-memory barrier does:
     thread p (one warp, one lane per peer) sets this rank's flag in peer p's signal pad once it is clear (release,
     system scope: the writes of the kernels before it become visible to p) and waits for p's flag in its own pad,
     clearing it (acquire). Lane p of a LANES-wide vector lives on thread p, so thread p alone acts for peer p."""
-    table = _table(table_address)
+    table = _table(table_high, table_low)
     peer = tl.arange(0, LANES)
     pads = tl.load(table + WORLD + peer, mask=peer < WORLD, other=0)
     send = pads.to(tl.pointer_type(tl.uint32)) + rank
@@ -377,6 +381,14 @@ def barrier_kernel(table_address, rank, token, WORLD: tl.constexpr, LANES: tl.co
             setp.eq.u32 %done, %old, 1; @!%done bra flashcomm_wait; mov.u32 $0, %old; }""",
             "=r, l", [wait], dtype=tl.int32, is_pure=False, pack=1)
     _mark(token)
+
+
+ADDRESS_SPLIT = 24
+
+
+def _address(table_address: int) -> tuple[int, int]:
+    """The two parts `_table` reassembles."""
+    return table_address >> ADDRESS_SPLIT, table_address & ((1 << ADDRESS_SPLIT) - 1)
 
 
 def _launch(name: str, group_size: int) -> tuple[int, int]:
@@ -417,13 +429,14 @@ def dequantize(gathered: torch.Tensor, layout: PayloadLayout, dtype: torch.dtype
 
 
 def quantize_symm(x: torch.Tensor, table_address: int, rank: int, stride: int, layout: PayloadLayout,
-                  token: torch.Tensor) -> None:
+                  after: torch.Tensor, token: torch.Tensor) -> None:
     """quantize into this rank's symmetric buffer (`table_address`: the workspace's address table), chunk c at
-    c * stride bytes; writes `token`."""
+    c * stride bytes, once `after` is written; writes `token`."""
     total_groups = layout.world_size * layout.groups_per_chunk
     block, warps = _launch("quantize", layout.group_size)
     wrap_triton(quantize_symm_kernel)[(triton.cdiv(total_groups, block),)](
-        x.contiguous(), table_address, rank, token, x.numel(), total_groups, layout.groups_per_chunk, stride,
+        x.contiguous(), *_address(table_address), rank, after, token, x.numel(), total_groups,
+        layout.groups_per_chunk, stride,
         BITS=layout.bits, G=layout.group_size, SPIKE=layout.spike_reserve, BLOCK_G=block, num_warps=warps)
 
 
@@ -433,7 +446,7 @@ def dequant_sum_requant_peers(table_address: int, in_offset: int, out_offset: in
     `out_offset` bytes into this rank's (every address + offset 16-byte aligned); writes `token`."""
     block, warps = _launch("dequant_sum_requant_peers", layout.group_size)
     wrap_triton(dequant_sum_requant_peers_kernel)[(triton.cdiv(layout.groups_per_chunk, block),)](
-        table_address, in_offset, out_offset, rank, token, layout.groups_per_chunk, WORLD=layout.world_size,
+        *_address(table_address), in_offset, out_offset, rank, token, layout.groups_per_chunk, WORLD=layout.world_size,
         IN_BITS=layout.bits, OUT_BITS=out_bits, G=layout.group_size, SPIKE=layout.spike_reserve, BLOCK_G=block,
         num_warps=warps)
 
@@ -444,12 +457,12 @@ def dequantize_peers(table_address: int, offset: int, layout: PayloadLayout, dty
     out = torch.empty(shape, dtype=dtype, device=token.device)
     block, warps = _launch("dequantize_peers", layout.group_size)
     wrap_triton(dequantize_peers_kernel)[(triton.cdiv(layout.groups_per_chunk, block) * layout.world_size,)](
-        table_address, offset, out, token, layout.numel, layout.groups_per_chunk, WORLD=layout.world_size,
+        *_address(table_address), offset, out, token, layout.numel, layout.groups_per_chunk, WORLD=layout.world_size,
         BITS=layout.bits, G=layout.group_size, SPIKE=layout.spike_reserve, BLOCK_G=block, num_warps=warps)
     return out
 
 
 def barrier(table_address: int, rank: int, world_size: int, token: torch.Tensor) -> None:
     """Wait until every rank of the workspace's group reached this point (see barrier_kernel); writes `token`."""
-    wrap_triton(barrier_kernel)[(1,)](table_address, rank, token, WORLD=world_size,
+    wrap_triton(barrier_kernel)[(1,)](*_address(table_address), rank, token, WORLD=world_size,
                                      LANES=triton.next_power_of_2(world_size), num_warps=1)

@@ -39,7 +39,7 @@ def test_peer_kernels_give_the_all_to_all_paths_bytes(device, world, dtype, dist
     address = table.data_ptr()
     tokens = [torch.full((1,), 7, dtype=torch.int32, device=device) for _ in range(3 * world)]
     for rank, x in enumerate(inputs):
-        triton_kernels.quantize_symm(x, address, rank, symmetric.stride, layout, tokens[rank])
+        triton_kernels.quantize_symm(x, address, rank, symmetric.stride, layout, tokens[rank], tokens[rank])
     for rank in range(world):
         triton_kernels.dequant_sum_requant_peers(address, rank * symmetric.stride, symmetric.reduced_offset, rank,
                                                  layout, gather_bits, tokens[world + rank])
