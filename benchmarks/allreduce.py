@@ -4,8 +4,10 @@ x hidden bf16, with the relative error of each; and where the time of one flashc
 
 GPU time per all-reduce: 10 back-to-back calls captured in one CUDA graph, median of 20 replays, slowest rank
 (`timing.graph_median_ms`). Where capture fails the row says so and falls back to timing single calls.
-"no graphs": 20 back-to-back calls without CUDA graphs (`timing.back_to_back_us`), as Inductor's default mode runs
-them: where it exceeds the GPU time, the host is the bottleneck.
+"no graphs": a chain of CHAIN all-reduces (each one's output the next one's input) compiled as one graph, called 20
+times back to back without CUDA graphs (`timing.back_to_back_us`), time per all-reduce: as Inductor's default mode
+runs a model, the graph's own call overhead shared by its all-reduces. Where it exceeds the GPU time, the host is the
+bottleneck.
 
     PYTHONPATH=. python -m benchmarks.allreduce [--world-size 2] [--links default,p2p-disabled] [--quick]
     PYTHONPATH=. python -m benchmarks.allreduce --symm-sweep   # launches of the peer-load kernels, 134 MB
@@ -52,13 +54,14 @@ FLASHCOMM_VARIANTS = {
 }
 # also timed without CUDA graphs (host cost)
 NO_GRAPHS = ("nccl eager", "nccl", "symm_mem two-shot", "INT4/INT8", "INT4/INT8 symm_mem", "default options")
+CHAIN = 8
 BREAKDOWN_SIZES = ((8192, 4096), (16384, 4096))
 BREAKDOWN_CONFIG = FlashCommConfig(reduce_bits=4, gather_bits=8, group_size=128)
 
 
 def _sizes(quick: bool) -> list[tuple[int, int]]:
     if quick:
-        return [(t, 4096) for t in (8, 128, 512, 2048, 8192, 16384)]
+        return [(t, 4096) for t in (8, 512, 2048, 8192, 16384)]
     return [(t, h) for h in HIDDENS for t in TOKENS if t * h * 2 <= MAX_BYTES]
 
 
@@ -69,10 +72,24 @@ def _compiled_all_reduce(backend, group_name: str):
     return torch.compile(all_reduce, backend=backend or "inductor", dynamic=True)
 
 
-def _eager_nccl(like: torch.Tensor):
+def _compiled_chain(backend, group_name: str):
+    def chain(x):
+        for _ in range(CHAIN):
+            x = funcol.all_reduce(x, "sum", group_name) * 0.5
+        return x
+
+    return torch.compile(chain, backend=backend or "inductor", dynamic=True)
+
+
+def _eager_nccl(like: torch.Tensor, calls: int = 1):
     """NCCL's in-place all-reduce called eagerly, on a buffer of x's size (a user's best exact eager call)."""
     buffer = like.clone()
-    return lambda: dist.all_reduce(buffer)
+
+    def run():
+        for _ in range(calls):
+            dist.all_reduce(buffer)
+
+    return run
 
 
 def _symm_mem_two_shot(group_name: str, like: torch.Tensor):
@@ -167,9 +184,13 @@ def _first_call_writing_code(name: str, fn, x: torch.Tensor, rank: int) -> None:
     Path(os.environ["OUT"], f"code_{slug}.py").write_text("\n\n# ----\n\n".join(code))
 
 
-def _variants(link: str) -> dict[str, dict]:
+QUICK_VARIANTS = ("INT4/INT8", "auto", "INT8/INT8 symm_mem", "INT4/INT8 symm_mem", "INT4/INT4 symm_mem")
+
+
+def _variants(link: str, quick: bool) -> dict[str, dict]:
     return {name: config for name, config in FLASHCOMM_VARIANTS.items()
-            if config.get("transport") != "symm_mem" or link in SYMM_MEM_LINKS}
+            if (config.get("transport") != "symm_mem" or link in SYMM_MEM_LINKS)
+            and (not quick or name in QUICK_VARIANTS)}
 
 
 def _rank_main(rank: int, world: int, quick: bool, link: str, only: list[str] | None, repeat: int) -> dict:
@@ -179,12 +200,16 @@ def _rank_main(rank: int, world: int, quick: bool, link: str, only: list[str] | 
     device = torch.device("cuda", rank)
     group_name = dist.group.WORLD.group_name
     variants = {"nccl": _compiled_all_reduce(None, group_name)}
-    for name, config in _variants(link).items():
+    for name, config in _variants(link, quick).items():
         backend = flashcomm_compile.backend(**{"mode": "always", **config})
         variants[name] = _compiled_all_reduce(backend, group_name)
     variants["default options"] = _compiled_all_reduce(flashcomm_compile.backend(), group_name)
+    chains = {name: _compiled_chain(None if name == "nccl" else flashcomm_compile.backend(
+        **({} if name == "default options" else {"mode": "always", **FLASHCOMM_VARIANTS[name]})), group_name)
+        for name in NO_GRAPHS if name in variants}
     if only:
         variants = {name: fn for name, fn in variants.items() if name in only}
+        chains = {name: fn for name, fn in chains.items() if name in only}
     rows = []
     gen = torch.Generator(device).manual_seed(rank)
     for size, (tokens, hidden) in enumerate(_sizes(quick)):
@@ -213,17 +238,22 @@ def _rank_main(rank: int, world: int, quick: bool, link: str, only: list[str] | 
                     row.setdefault("errors", []).append(f"{name}: {type(e).__name__}: {e}"[:300])
         for name, times in samples.items():
             row[f"{name} us"] = statistics.median(times) if times else None
-        for name in NO_GRAPHS + ("default options",):
-            if name in calls and row.get(f"{name} us") is not None:
-                try:
-                    row[f"{name} no-graphs us"] = back_to_back_us(calls[name], device)
-                except Exception as e:  # noqa: BLE001 - reported beside the numbers that were timed
-                    row.setdefault("errors", []).append(f"{name} no graphs: {type(e).__name__}: {e}"[:300])
+        chained = {name: (lambda fn=fn: fn(x)) for name, fn in chains.items()}
+        if not only:
+            chained["nccl eager"] = _eager_nccl(x, CHAIN)
+            if "symm_mem two-shot" in calls:
+                chained["symm_mem two-shot"] = lambda two_shot=calls["symm_mem two-shot"]: [
+                    two_shot() for _ in range(CHAIN)]
+        for name, call in chained.items():
+            try:
+                row[f"{name} no-graphs us"] = back_to_back_us(call, device) / CHAIN
+            except Exception as e:  # noqa: BLE001 - reported beside the numbers that were timed
+                row.setdefault("errors", []).append(f"{name} no graphs: {type(e).__name__}: {e}"[:300])
         rows.append(row)
         if rank == 0:
             print(f"  {tokens} x {hidden}: " + ", ".join(
                 f"{k.removesuffix(' us')} {v:.0f}" for k, v in row.items() if k.endswith(" us") and v), flush=True)
-        del calls
+        del calls, chained
         torch.cuda.empty_cache()
     return dict(rows=rows, breakdown=[] if only else _stage_breakdown(group_name, world, device, link))
 
@@ -236,7 +266,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--world-size", type=int, default=2)
     parser.add_argument("--links", default="default,p2p-disabled")
-    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--quick", action="store_true", help=f"4096-wide messages only, variants {QUICK_VARIANTS}")
     parser.add_argument("--symm-sweep", action="store_true", help="only time the peer-load kernels' launches")
     parser.add_argument("--only", help="comma-separated variants to time (e.g. nccl,auto); no stage breakdown")
     parser.add_argument("--repeat", type=int, default=1, help="median of this many interleaved timings")
@@ -253,7 +283,7 @@ def main() -> None:
         only = args.only.split(",") if args.only else None
         result = run_ranks(args.world_size, _rank_main, args.quick, link, only, args.repeat, backend="nccl")[0]
         env = environment()
-        names = [n for n in ["nccl eager", "nccl", "symm_mem two-shot", *_variants(link), "default options"]
+        names = [n for n in ["nccl eager", "nccl", "symm_mem two-shot", *_variants(link, args.quick), "default options"]
                  if not only or n in only]
         columns = ["tokens", "hidden", "MB"] + [f"{n} us" for n in names]
         no_graphs = ["tokens", "hidden", "MB"] + [f"{n} no-graphs us" for n in names if n in NO_GRAPHS]
@@ -262,7 +292,8 @@ def main() -> None:
         print(f"\nall-reduce, GPU time per call (CUDA graph), {env['card']} x{args.world_size}, link {link}, "
               f"torch {env['torch']}, NCCL {env['nccl']}, {env['date']}")
         print_table(result["rows"], columns)
-        print("time per call of 20 back-to-back calls WITHOUT CUDA graphs (us):")
+        print(f"WITHOUT CUDA graphs: a graph of {CHAIN} chained all-reduces called 20 times back to back, us per "
+              "all-reduce:")
         print_table(result["rows"], no_graphs)
         print("relative error:")
         print_table(result["rows"], errors)

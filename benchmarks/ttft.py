@@ -28,7 +28,7 @@ MODELS = {
     "8b": ("llama3-8b, 8 of 32 layers", LlamaShape(dim=4096, n_heads=32, ffn_dim=14336, n_layers=8)),
     "70b": ("llama3-70b, 4 of 80 layers", LlamaShape(dim=8192, n_heads=64, ffn_dim=28672, n_layers=4)),
 }
-CLIENT = [(1, 512), (1, 1024), (1, 2048), (1, 4096), (1, 8192), (1, 16384)]
+CLIENT = [(1, 512), (1, 2048), (1, 8192), (1, 16384)]
 BATCHES = [(1, 512), (4, 1024), (8, 1024), (16, 2048)]
 
 
