@@ -3,7 +3,9 @@ symmetric-memory two-shot) and the flashcomm variants (and "auto") as the code t
 x hidden bf16, with the relative error of each; and where the time of one flashcomm all-reduce goes, stage by stage.
 
 GPU time per all-reduce: 10 back-to-back calls captured in one CUDA graph, median of 20 replays, slowest rank
-(`timing.graph_median_ms`). Where capture fails the row says so and falls back to timing single calls.
+(`timing.graph_median_ms`). Where capture fails the row says so and falls back to timing single calls. Compiled with
+dynamic=True and the hidden size static, as in a model (weights fix it): the kernels' size arguments are then provably
+multiples of 16, which Triton's loads and stores need to stay vectorised.
 "no graphs": a chain of CHAIN all-reduces (each one's output the next one's input) compiled as one graph, called 20
 times back to back without CUDA graphs (`timing.back_to_back_us`), time per all-reduce: as Inductor's default mode
 runs a model, the graph's own call overhead shared by its all-reduces. Where it exceeds the GPU time, the host is the
@@ -214,6 +216,7 @@ def _rank_main(rank: int, world: int, quick: bool, link: str, only: list[str] | 
     gen = torch.Generator(device).manual_seed(rank)
     for size, (tokens, hidden) in enumerate(_sizes(quick)):
         x = torch.randn(tokens, hidden, device=device, dtype=torch.bfloat16, generator=gen)
+        torch._dynamo.mark_static(x, 1)  # the hidden size is a model's constant; the number of tokens varies
         exact = x.float()
         dist.all_reduce(exact)
         row = dict(tokens=tokens, hidden=hidden, MB=x.nbytes / 1e6)

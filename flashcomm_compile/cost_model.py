@@ -2,10 +2,10 @@
 
 Each path is modelled as latency + size / bandwidth (a line in microseconds against megabytes), fitted per GPU,
 link mode and world size by `benchmarks/fit_cost_model.py` into `cost_table.json` from GPU time in CUDA graphs.
-Without CUDA graphs a rewritten all-reduce also costs HOST_US of host time that the GPU waits for when the model is
-small (prefill of 1x512 ran 3x slower): it is added to the flashcomm line there. "auto" rewrites an all-reduce
-only where the flashcomm line lies at least SAFETY below NCCL's, so a misprediction of a few percent cannot make it
-slower; where the table has no entry for the hardware it falls back to the `min_bytes` threshold. The decision
+Without CUDA graphs a rewritten all-reduce also costs the host time its transport adds to Inductor's NCCL call
+(HOST_US), which the GPU waits for when the model is small: it is added to the flashcomm line there. "auto" rewrites
+an all-reduce only where the flashcomm line lies at least SAFETY below NCCL's, so a misprediction of a few percent
+cannot make it slower; where the table has no entry for the hardware it falls back to the `min_bytes` threshold. The decision
 depends only on the message size, the config and the hardware, which every rank shares, so every rank agrees.
 """
 
@@ -26,10 +26,10 @@ from .config import FlashCommConfig
 
 TABLE_PATH = Path(__file__).with_name("cost_table.json")
 SAFETY = 0.95  # rewrite only where predicted flashcomm time <= SAFETY x predicted NCCL time
-# Host time a rewritten all-reduce adds to NCCL's where no CUDA graph replays it: Llama-3-8B shapes, 8 layers, 1x512
-# prefill, 2x H100, P2P disabled, Inductor default mode (2026-11-26): 16 rewritten all-reduces took 6.5 ms longer
-# than NCCL's while their GPU time was 0.75 ms shorter, about 0.45 ms each (ttft_p2p-disabled_*H100*_w2.json).
-HOST_US = 450.0
+# Host time a rewritten all-reduce adds to the all-reduce Inductor compiles, where no CUDA graph replays it, per
+# transport: the lowered symm_mem pipeline (five kernel launches) costs the host no more than Inductor's NCCL call;
+# the NCCL transport's two collectives about 0.3 ms more (docs/results.md, session 5: "no graphs").
+HOST_US = {"symm_mem": 0.0, "nccl": 320.0}
 
 
 @dataclass(frozen=True)
@@ -103,11 +103,13 @@ def replayed_in_cuda_graphs(config: FlashCommConfig) -> bool:
 
 
 def predict(device: torch.device, world_size: int, config: FlashCommConfig) -> Prediction | None:
-    """The two lines for this hardware and config, or None where nothing was measured."""
+    """The two lines for this hardware and config (its transport chosen), or None where nothing was measured."""
+    if config.transport == "auto":
+        raise ValueError("cost_model.predict needs a chosen transport ('nccl' or 'symm_mem'), got 'auto'")
     key = hardware_key(device, world_size)
     entry = _table().get(key, {})
     if "nccl" not in entry or config.variant not in entry:
         return None
-    host_us = 0.0 if replayed_in_cuda_graphs(config) else HOST_US
+    host_us = 0.0 if replayed_in_cuda_graphs(config) else HOST_US[config.transport]
     gpu = Line(**entry[config.variant])
     return Prediction(key, Line(**entry["nccl"]), Line(gpu.latency_us + host_us, gpu.us_per_mb), host_us)

@@ -28,33 +28,40 @@ def test_lookup_by_card_link_world_and_variant(monkeypatch):
                                 "INT4/INT8 g128": dict(latency_us=20.0, us_per_mb=1.0)}}
     monkeypatch.setattr(cost_model, "_table", lambda: table)
     monkeypatch.delenv("NCCL_P2P_DISABLE", raising=False)
-    p = cost_model.predict(torch.device("cpu"), 2, FlashCommConfig(cuda_graphs=True))
+    p = cost_model.predict(torch.device("cpu"), 2, FlashCommConfig(cuda_graphs=True, transport="nccl"))
     assert p is not None and p.flashcomm == Line(20.0, 1.0)
-    assert cost_model.predict(torch.device("cpu"), 4, FlashCommConfig()) is None
-    assert cost_model.predict(torch.device("cpu"), 2, FlashCommConfig(reduce_bits=8)) is None
+    assert cost_model.predict(torch.device("cpu"), 4, FlashCommConfig(transport="nccl")) is None
+    assert cost_model.predict(torch.device("cpu"), 2, FlashCommConfig(reduce_bits=8, transport="nccl")) is None
     monkeypatch.setenv("NCCL_P2P_DISABLE", "1")
-    assert cost_model.predict(torch.device("cpu"), 2, FlashCommConfig()) is None
+    assert cost_model.predict(torch.device("cpu"), 2, FlashCommConfig(transport="nccl")) is None
+    with pytest.raises(ValueError, match="chosen transport"):
+        cost_model.predict(torch.device("cpu"), 2, FlashCommConfig(transport="auto"))
 
 
 def test_without_cuda_graphs_a_rewrite_costs_host_time(monkeypatch):
-    """Inductor's default mode launches each rewritten all-reduce's ops from Python: its host time is added to the
-    flashcomm line, which moves the threshold up; CUDA graphs (Inductor's reduce-overhead, or the caller's) hide it."""
+    """Inductor's default mode launches each rewritten all-reduce's kernels and collectives from Python: what the
+    NCCL transport adds to Inductor's own all-reduce is added to the flashcomm line, which moves the threshold up;
+    CUDA graphs (Inductor's reduce-overhead, or the caller's) hide it. The symm_mem transport adds none."""
     from torch._inductor import config as inductor_config
 
     table = {"cpu|default|w2": {"nccl": dict(latency_us=10.0, us_per_mb=20.0),
-                                "INT4/INT8 g128": dict(latency_us=30.0, us_per_mb=5.0)}}
+                                "INT4/INT8 g128": dict(latency_us=30.0, us_per_mb=5.0),
+                                "INT4/INT8 g128 symm_mem": dict(latency_us=20.0, us_per_mb=2.0)}}
     monkeypatch.setattr(cost_model, "_table", lambda: table)
     monkeypatch.delenv("NCCL_P2P_DISABLE", raising=False)
     cpu = torch.device("cpu")
-    hidden = cost_model.predict(cpu, 2, FlashCommConfig(cuda_graphs=True))
-    counted = cost_model.predict(cpu, 2, FlashCommConfig(cuda_graphs=False))
-    assert hidden.host_us == 0 and counted.host_us == cost_model.HOST_US
-    assert counted.flashcomm == Line(30.0 + cost_model.HOST_US, 5.0)
+    nccl = FlashCommConfig(transport="nccl")
+    hidden = cost_model.predict(cpu, 2, FlashCommConfig(transport="nccl", cuda_graphs=True))
+    counted = cost_model.predict(cpu, 2, FlashCommConfig(transport="nccl", cuda_graphs=False))
+    assert hidden.host_us == 0 and counted.host_us == cost_model.HOST_US["nccl"] > 0
+    assert counted.flashcomm == Line(30.0 + cost_model.HOST_US["nccl"], 5.0)
     assert counted.threshold_bytes > hidden.threshold_bytes
     with inductor_config.patch({"triton.cudagraphs": False}):
-        assert cost_model.predict(cpu, 2, FlashCommConfig()) == counted
+        assert cost_model.predict(cpu, 2, nccl) == counted
     with inductor_config.patch({"triton.cudagraphs": True}):
-        assert cost_model.predict(cpu, 2, FlashCommConfig()) == hidden
+        assert cost_model.predict(cpu, 2, nccl) == hidden
+    symm_mem = cost_model.predict(cpu, 2, FlashCommConfig(transport="symm_mem", cuda_graphs=False))
+    assert symm_mem.host_us == 0 and symm_mem.flashcomm == Line(20.0, 2.0)
 
 
 def test_shipped_table_has_measured_entries():

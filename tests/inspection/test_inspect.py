@@ -85,8 +85,9 @@ def test_predictions_count_host_time_without_cuda_graphs(tmp_path):
     assert cli.main(["inspect", "tests.inspection.factories:mixed", "--hardware", hardware, "--cuda-graphs",
                      "--format", "json", "--out", str(out)]) == 0
     hidden = json.loads(out.read_text())["sites"][0]["predicted_us"]
-    assert counted["host"] == cost_model.HOST_US and hidden["host"] == 0
-    assert counted["flashcomm"] - hidden["flashcomm"] == pytest.approx(cost_model.HOST_US, abs=0.1)
+    host = cost_model.HOST_US["nccl"]  # P2P disabled: the NCCL transport
+    assert counted["host"] == host and hidden["host"] == 0
+    assert counted["flashcomm"] - hidden["flashcomm"] == pytest.approx(host, abs=0.1)
     assert counted["nccl"] == hidden["nccl"]
 
 
