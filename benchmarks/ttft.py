@@ -15,6 +15,7 @@ any speed-up from faster communication.
 from __future__ import annotations
 
 import argparse
+import statistics
 
 import torch
 import torch.distributed as dist
@@ -35,12 +36,25 @@ BATCHES = [(1, 512), (4, 1024), (8, 1024), (16, 2048)]
 def _time_each_input(label: str, fn, inputs, shapes, name: str, rank: int, device: torch.device,
                      times: dict) -> None:
     for (b, s), x in zip(shapes, inputs):
-        times[label, b, s] = median_ms(lambda: fn(x), device, warmup=3, iters=7)
+        times.setdefault((label, b, s), []).append(median_ms(lambda: fn(x), device, warmup=3, iters=7))
         if rank == 0:
-            print(f"  {name} {b}x{s} {label}: {times[label, b, s]:.2f} ms", flush=True)
+            print(f"  {name} {b}x{s} {label}: {times[label, b, s][-1]:.2f} ms", flush=True)
 
 
-def _rank_main(rank: int, world: int, models: list[str], inductor_mode: str, shapes: list) -> list[dict]:
+def _decisions(compiled) -> list[str]:
+    """What the pass decided in each graph it compiled for a variant (a symbolic size compiles once per side of a
+    threshold): "rewritten N of M (transport)" or the reason it kept them."""
+    out = []
+    for record in compiled.flashcomm_backend.records:
+        done = record.rewritten()
+        kept = {s.reason for s in record.sites if not s.rewritten}
+        transports = ",".join(sorted({s.decision.transport for s in done}))
+        out.append(f"rewritten {len(done)} of {len(record.sites)} ({transports})" if done else "; ".join(kept))
+    return out
+
+
+def _rank_main(rank: int, world: int, models: list[str], inductor_mode: str, shapes: list,
+               repeat: int) -> list[dict]:
     import flashcomm_compile
 
     compile_every_variant()
@@ -60,25 +74,28 @@ def _rank_main(rank: int, world: int, models: list[str], inductor_mode: str, sha
         inputs = [torch.randn(b, s, shape.dim, device=device, dtype=torch.bfloat16) for b, s in shapes]
         times = {}
         with torch.no_grad():
-            for label, fn in list(variants.items()):
-                try:
-                    _time_each_input(label, fn, inputs, shapes, name, rank, device, times)
-                except Exception as e:  # noqa: BLE001 - one broken variant is reported, the others still timed
-                    print(f"  rank {rank}: {label} failed: {type(e).__name__}: {e}"[:400], flush=True)
-                    del variants[label]
+            for _ in range(repeat):  # repeats interleave the variants, so that drift and order hit them alike
+                for label, fn in list(variants.items()):
+                    try:
+                        _time_each_input(label, fn, inputs, shapes, name, rank, device, times)
+                    except Exception as e:  # noqa: BLE001 - one broken variant is reported, the others still timed
+                        print(f"  rank {rank}: {label} failed: {type(e).__name__}: {e}"[:400], flush=True)
+                        del variants[label]
+            decisions = {label: _decisions(fn) for label, fn in variants.items() if label != "inductor"}
             for hook in model.all_reduce_hooks:
                 hook.remove()
             silent = torch.compile(model, **compiled)
             _time_each_input("no-comm", silent, inputs, shapes, name, rank, device, times)
-        transports = {s.decision.transport for r in variants["always"].flashcomm_backend.records for s in r.sites} \
-            if "always" in variants else set()
+        times = {key: statistics.median(samples) for key, samples in times.items()}
+        if rank == 0:
+            print(f"  decisions per compiled graph: {decisions}", flush=True)
         for b, s in shapes:
             base, comp = times["inductor", b, s], times["no-comm", b, s]
             row = {"model": name, "batch x prompt": f"{b}x{s}"}
             row.update({f"{label} ms": times[label, b, s] for label in [*variants, "no-comm"]})
             row.update({f"{label} speed-up": base / times[label, b, s] for label in variants if label != "inductor"})
-            rows.append({**row, "comm share": 1 - comp / base, "amdahl bound": base / comp,
-                         "always transport": ",".join(sorted(filter(None, transports)))})
+            rows.append({**row, "comm share": 1 - comp / base, "amdahl bound": base / comp})
+        rows[-1]["decisions"] = decisions
         del model, variants, silent
         torch.cuda.empty_cache()
     return rows
@@ -91,6 +108,7 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {list(MODELS)}")
     parser.add_argument("--inductor-mode", default="default", choices=["default", "reduce-overhead"])
     parser.add_argument("--batches", action="store_true", help=f"time {BATCHES} instead of {CLIENT}")
+    parser.add_argument("--repeat", type=int, default=1, help="median of this many interleaved timings")
     args = parser.parse_args()
     models = args.models.split(",")
     unknown = set(models) - set(MODELS)
@@ -98,12 +116,13 @@ def main() -> None:
         parser.error(f"--models: unknown {sorted(unknown)}; known {list(MODELS)}")
     use_link(args.link)
     shapes = BATCHES if args.batches else CLIENT
-    rows = run_ranks(args.world_size, _rank_main, models, args.inductor_mode, shapes, backend="nccl")[0]
+    rows = run_ranks(args.world_size, _rank_main, models, args.inductor_mode, shapes, args.repeat,
+                     backend="nccl")[0]
     env = environment()
     print(f"\nprefill latency, {env['card']} x{args.world_size}, link {args.link}, Inductor mode {args.inductor_mode}, "
           f"fullgraph, dynamic, flashcomm default options (INT4/INT8 g128), torch {env['torch']}, NCCL {env['nccl']}, "
           f"{env['date']}")
-    print_table(rows, list(rows[0]))
+    print_table(rows, [c for c in rows[0] if c != "decisions"])
     card = env["card"].replace(" ", "_")
     mode = "" if args.inductor_mode == "default" else f"_{args.inductor_mode}"
     batches = "_batches" if args.batches else ""
