@@ -37,7 +37,7 @@ def compile_every_variant() -> None:
     """Let dynamo compile one function once per benchmarked variant (and size class), and fail rather than fall back.
 
     Variants of one function share its code object, and past dynamo's recompile limit (8) a further variant runs
-    eagerly without a word: session 3 timed eager NCCL as "INT4/INT4 symm_mem" and an eager model as "no-comm"."""
+    eagerly without a word, and would be timed as if compiled."""
     torch._dynamo.config.recompile_limit = 64
     torch._dynamo.config.fail_on_recompile_limit_hit = True
 

@@ -1,17 +1,22 @@
 """`flashcomm-compile inspect MODULE:FACTORY`: the inspection report from the command line.
 
-Exit codes: 0 on success; 2 for a bad MODULE:FACTORY, a factory that raises, a model that does not trace or a bad
-option, with a one-line message (the traceback too with --verbose).
+Exit codes: 0 on success; 2 for a bad MODULE:FACTORY, a factory that raises or returns something else than
+(model, example_inputs), a model that does not trace, an output that cannot be written or a bad option, with a
+one-line message (the traceback too with --verbose). The current directory is on the import path, as with
+`python -m`.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import traceback
 
 from .config import REWRITE_MODES, SUPPORTED_BITS, SUPPORTED_GROUP_SIZES, TRANSPORTS, FlashCommConfig
+from .cost_model import known_hardware
+from .kernels.layout import MAX_WORLD_SIZE
 
 
 class UsageError(Exception):
@@ -21,18 +26,27 @@ class UsageError(Exception):
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flashcomm-compile")
     commands = parser.add_subparsers(dest="command", required=True)
-    p = commands.add_parser("inspect", help="show what the pass does to every all-reduce of a model, and why")
+    p = commands.add_parser(
+        "inspect", help="show what the pass does to every all-reduce of a model, and why",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="The factory runs inside a fake process group of --world-size ranks (rank 0): build the TP model "
+                    "with dist.get_rank(), dist.get_world_size() and dist.group.WORLD.")
     p.add_argument("target", metavar="MODULE:FACTORY", help="FACTORY() returns (model, example_inputs)")
-    p.add_argument("--world-size", type=int, default=2)
-    p.add_argument("--reduce-bits", type=int, choices=SUPPORTED_BITS, default=4)
-    p.add_argument("--gather-bits", type=int, choices=SUPPORTED_BITS, default=8)
-    p.add_argument("--group-size", type=int, choices=SUPPORTED_GROUP_SIZES, default=128)
-    p.add_argument("--spike-reserve", action="store_true")
-    p.add_argument("--mode", choices=REWRITE_MODES, default="auto")
-    p.add_argument("--min-bytes", type=int, default=FlashCommConfig.min_bytes)
+    p.add_argument("--world-size", type=int, default=2, help=f"ranks of the fake process group, 1..{MAX_WORLD_SIZE}")
+    p.add_argument("--reduce-bits", type=int, choices=SUPPORTED_BITS, default=4, help="bits of the reduce-scatter")
+    p.add_argument("--gather-bits", type=int, choices=SUPPORTED_BITS, default=8, help="bits of the all-gather")
+    p.add_argument("--group-size", type=int, choices=SUPPORTED_GROUP_SIZES, default=128,
+                   help="values per scale and zero")
+    p.add_argument("--spike-reserve", action="store_true", help="keep each group's extremes exactly")
+    p.add_argument("--mode", choices=REWRITE_MODES, default="auto", help="which all-reduces to rewrite")
+    p.add_argument("--min-bytes", type=int, default=FlashCommConfig.min_bytes,
+                   help='"auto" on hardware the cost model has not measured: rewrite from this size')
     p.add_argument("--chunks", type=int, default=FlashCommConfig.chunks, help="pieces per all-reduce, pipelined")
-    p.add_argument("--transport", choices=TRANSPORTS, default=FlashCommConfig.transport)
-    p.add_argument("--hardware", help='predict with the measurements of e.g. "NVIDIA H200|default"')
+    p.add_argument("--transport", choices=TRANSPORTS, default=FlashCommConfig.transport,
+                   help="how the quantized bytes travel")
+    p.add_argument("--hardware", choices=known_hardware(), metavar="CARD|LINK",
+                   help=f"predict with the cost model's measurements of this GPU and link: {known_hardware()} "
+                        "(default: this machine's)")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="predict for a model replayed in CUDA graphs (mode reduce-overhead): no host time counted")
     p.add_argument("--dynamic", action="store_true", help="trace with dynamic shapes")
@@ -57,9 +71,31 @@ def _load_factory(target: str):
     return factory
 
 
+def _check_output(path: str | None) -> None:
+    """Refuse an output path that cannot be written before the (slow) tracing starts."""
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UsageError(f"--out {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise UsageError(f"--out {path}: not writable")
+
+
+def _model_and_inputs(made, target: str) -> tuple:
+    if not (isinstance(made, (tuple, list)) and len(made) == 2 and callable(made[0])
+            and isinstance(made[1], (tuple, list))):
+        raise UsageError(f"factory {target} returned {type(made).__name__} {str(made)[:80]!r}; expected "
+                         "(model, example_inputs): a callable and a tuple of its inputs")
+    return made
+
+
 def _inspect(args: argparse.Namespace) -> str:
     from .inspection import fake_process_group, inspect
 
+    if not 1 <= args.world_size <= MAX_WORLD_SIZE:
+        raise UsageError(f"--world-size must be in [1, {MAX_WORLD_SIZE}], got {args.world_size}")
+    _check_output(args.out)
     options = dict(reduce_bits=args.reduce_bits, gather_bits=args.gather_bits, group_size=args.group_size,
                    spike_reserve=args.spike_reserve, mode=args.mode, min_bytes=args.min_bytes, chunks=args.chunks,
                    transport=args.transport, cuda_graphs=True if args.cuda_graphs else None)
@@ -70,14 +106,16 @@ def _inspect(args: argparse.Namespace) -> str:
     factory = _load_factory(args.target)
     with fake_process_group(args.world_size):
         try:
-            model, example_inputs = factory()
+            made = factory()
         except Exception as e:  # noqa: BLE001
             raise UsageError(f"factory {args.target} raised {type(e).__name__}: {e}") from e
+        model, example_inputs = _model_and_inputs(made, args.target)
         try:
             report = inspect(model, *example_inputs, world_size=args.world_size, hardware=args.hardware,
                              dynamic=True if args.dynamic else None, **options)
         except Exception as e:  # noqa: BLE001
-            raise UsageError(f"the model did not trace: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+            raise UsageError(f"the model did not trace at world size {args.world_size} ({type(e).__name__}: "
+                             f"{_first_line(e)}); shapes must divide by the world size; --verbose shows where")
     if args.format == "json":
         return report.to_json()
     if args.format == "html":
@@ -85,7 +123,14 @@ def _inspect(args: argparse.Namespace) -> str:
     return report.to_text(full=args.full, color=args.out is None and sys.stdout.isatty())
 
 
+def _first_line(e: Exception) -> str:
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    return lines[0][:300] if lines else ""
+
+
 def main(argv: list[str] | None = None) -> int:
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # MODULE as `python -m` would find it
     args = _parser().parse_args(argv)
     try:
         text = _inspect(args)

@@ -1,7 +1,9 @@
 """The user-facing configuration of the flashcomm rewrite, validated at construction.
 
 Every entry point (backend by name, backend object, decorator, inspect) builds one of these, so a bad value is
-reported once, with the name of the field, before anything is traced.
+reported once, with the name of the field. The backend object, the decorator and inspect report it before anything
+is traced; by name, torch.compile hands the options to the backend only at the first call, which raises the
+ValueError wrapped in torch's BackendCompilerFailed.
 """
 
 from __future__ import annotations
@@ -27,12 +29,11 @@ class FlashCommConfig:
     spike_reserve: keep each group's largest and smallest value exactly (Flash Communication v2), for 2-bit codes.
     mode: "auto" rewrites where the size decision says it pays, "always" every eligible all-reduce, "never" none.
     min_bytes: in "auto" on hardware the cost table does not know, all-reduces smaller than this many bytes keep the
-        plain collective. 16 MiB: the measured break-even on H200 NVLink lies at 8-13 MB (2 and 4 GPUs), 1-3 MB
-        with P2P off.
+        plain collective. 16 MiB, above the break-evens measured on H100 and H200 (docs/results.md).
     backward: also rewrite all-reduces in backward graphs (off: training gradients stay exact).
-    chunks: cut each rewritten all-reduce into up to this many pieces whose pipelines overlap (a piece's all-to-all
-        runs while the next piece is quantized, ...), as the paper pipelines; 1 runs one pipeline. Measured slower
-        than one pipeline on H100 (x4 at 134 MB: 1.17x NCCL against 1.59x); pieces cost a final copy.
+    chunks: cut each rewritten all-reduce of a static size into up to this many pieces whose pipelines overlap (a
+        piece's all-to-all runs while the next piece is quantized, ...), as the paper pipelines; 1 runs one
+        pipeline. Measured slower than one pipeline so far (docs/results.md); pieces cost a final copy.
     transport: how the quantized bytes travel. "nccl": an all-to-all and an all-gather between the kernels.
         "symm_mem": the kernels read their peers' buffers in symmetric memory (NVLink / P2P CUDA GPUs), no NCCL
         call (`symmetric.py`); one pipeline, so chunks must be 1. "auto": symm_mem where the group's GPUs map each
@@ -100,5 +101,6 @@ class FlashCommConfig:
 
 
 def _check_choice(name: str, value: Any, choices: tuple) -> None:
-    if isinstance(value, bool) or value not in choices:
+    """`value` is one of `choices` and of their type: 4.0 equals 4 but is not an int of the kernels' specialisation."""
+    if isinstance(value, bool) or value not in choices or type(value) is not type(choices[0]):
         raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")

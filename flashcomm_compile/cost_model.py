@@ -93,6 +93,16 @@ def _table() -> dict:
     return json.loads(TABLE_PATH.read_text()) if TABLE_PATH.exists() else {}
 
 
+def measured(key: str) -> bool:
+    """Whether the table has lines for "CARD|LINK|wW"."""
+    return key in _table()
+
+
+def known_hardware() -> list[str]:
+    """The "CARD|LINK" keys the table has measurements for (any world size)."""
+    return sorted({key.rsplit("|", 1)[0] for key in _table()})
+
+
 def replayed_in_cuda_graphs(config: FlashCommConfig) -> bool:
     """config.cuda_graphs, or where it is None whether Inductor is compiling for CUDA graphs (read during the pass)."""
     if config.cuda_graphs is not None:

@@ -33,7 +33,8 @@ def _rank_main(rank: int, world: int, args: argparse.Namespace) -> dict:
     model = shard_with_funcol(build(shape, dtype=dtype, device=device), rank, world, dist.group.WORLD)
     x = torch.randn(1, args.tokens, shape.dim, generator=torch.Generator().manual_seed(0)).to(device, dtype)
 
-    backend = flashcomm_compile.backend(reduce_bits=args.reduce_bits, gather_bits=args.gather_bits, mode="always")
+    backend = flashcomm_compile.backend(reduce_bits=args.reduce_bits, gather_bits=args.gather_bits, mode="always",
+                                        keep_code=True)
     exact_model = torch.compile(model)
     flash_model = torch.compile(model, backend=backend)
     # The demo shows what the pass did, so it must run: no FX-graph-cache hit from an earlier run.

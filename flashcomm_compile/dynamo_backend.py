@@ -14,22 +14,26 @@ from torch._inductor import list_mode_options
 from torch._inductor.compile_fx import compile_fx, compile_fx_inner
 
 from .config import FlashCommConfig
-from .passes.engine import FlashCommPass, GraphRecord
+from .passes.engine import ComposedPass, FlashCommPass, GraphRecord
 
 INDUCTOR_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 class FlashCommBackend:
-    """A configured backend. `records` lists what the pass did to each graph it compiled (not on cache hits)."""
+    """A configured backend. `records` lists what the pass did to each graph it compiled (not on cache hits); with
+    `keep_code` they hold the graph's code before and after the pass too. A `post_grad_custom_post_pass` the user
+    set in Inductor's config runs first, then flashcomm's."""
 
-    def __init__(self, config: FlashCommConfig | None = None, *, inductor_mode: str | None = None, **options: Any):
+    def __init__(self, config: FlashCommConfig | None = None, *, inductor_mode: str | None = None,
+                 keep_code: bool = False, **options: Any):
         if config is not None and options:
             raise ValueError("pass either a FlashCommConfig or options, not both")
         if inductor_mode is not None and inductor_mode not in INDUCTOR_MODES:
             raise ValueError(f"inductor_mode must be one of {list(INDUCTOR_MODES)}, got {inductor_mode!r}")
         self.config = config if config is not None else FlashCommConfig.from_options(options)
         self.inductor_mode = inductor_mode
-        self.graph_pass = FlashCommPass(self.config)
+        self.graph_pass = FlashCommPass(self.config, keep_code=keep_code)
+        self._user_pass = None
 
     @property
     def records(self) -> list[GraphRecord]:
@@ -38,14 +42,16 @@ class FlashCommBackend:
     def __call__(self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any]):
         # The pass must be in the config from the start: AOTAutograd's cache keys on the config at this point, and
         # would otherwise hand back a graph compiled earlier without the pass (in this process or from disk).
+        self._user_pass = inductor_config.post_grad_custom_post_pass
+        both = self.graph_pass if self._user_pass is None else ComposedPass(self._user_pass, self.graph_pass)
         patches = {**(list_mode_options(self.inductor_mode) if self.inductor_mode else {}),
-                   "post_grad_custom_post_pass": self.graph_pass}
+                   "post_grad_custom_post_pass": both}
         return compile_fx(gm, example_inputs, inner_compile=self._inner_compile, config_patches=patches)
 
     def _inner_compile(self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any], **kwargs: Any):
         # Chosen per graph: compile_fx re-applies its patches to the lazily compiled backward graph too.
         if kwargs.get("is_backward", False) and not self.config.backward:
-            with inductor_config.patch(post_grad_custom_post_pass=None):
+            with inductor_config.patch(post_grad_custom_post_pass=self._user_pass):
                 return compile_fx_inner(gm, example_inputs, **kwargs)
         return compile_fx_inner(gm, example_inputs, **kwargs)
 
@@ -61,8 +67,13 @@ def backend(**options: Any) -> FlashCommBackend:
 
 def flashcomm(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], mode: str | None = None,
               options: dict[str, Any] | None = None):
-    """The backend registered by name: torch.compile passes its `mode` and `options` here."""
-    return FlashCommBackend(inductor_mode=mode, **(options or {}))(gm, example_inputs)
+    """The backend registered by name: torch.compile passes its `mode` and `options` here. torch.compile refuses
+    `mode` together with `options`, so Inductor's mode may come as options["inductor_mode"]."""
+    options = dict(options or {})
+    inductor_mode = options.pop("inductor_mode", None)
+    if mode is not None and inductor_mode is not None and mode != inductor_mode:
+        raise ValueError(f"mode={mode!r} and options['inductor_mode']={inductor_mode!r} disagree")
+    return FlashCommBackend(inductor_mode=inductor_mode or mode, **options)(gm, example_inputs)
 
 
 def register_by_name() -> None:

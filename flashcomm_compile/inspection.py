@@ -4,9 +4,9 @@ and report the post-grad graph before and after plus one row per all-reduce with
 JSON schema (version 1), see `Report.to_json`:
     {"version": 1, "world_size": int, "config": {FlashCommConfig fields}, "hardware": str | null,
      "sites": [{"graph": int, "node": str, "module": str, "source": str, "shape": [str], "dtype": str,
-                "bytes": str, "group": str, "decision": "rewritten" | "kept", "reason": str,
+                "bytes": int | str, "group": str, "decision": "rewritten" | "kept", "reason": str,
                 "transport": "nccl" | "symm_mem" | null, "transport_reason": str,
-                "reduce_payload_bytes": str | null, "gather_payload_bytes": str | null,
+                "reduce_payload_bytes": int | str | null, "gather_payload_bytes": int | str | null,
                 "compression": float | null, "padding": str | null,
                 "predicted_us": {"nccl": float, "flashcomm": float, "host": float} | null}],  (host: of flashcomm's,
                 the host time counted without CUDA graphs)
@@ -14,7 +14,7 @@ JSON schema (version 1), see `Report.to_json`:
                 "wire_bytes_flashcomm": int | null, "predicted_us_nccl": float | null,
                 "predicted_us_flashcomm": float | null},
      "graphs": [{"before": str, "after": str}]}
-Sizes are strings because they may be sympy expressions (dynamic shapes); totals count only static sizes.
+Sizes are numbers, or strings where they are sympy expressions (dynamic shapes); totals count only static sizes.
 """
 
 from __future__ import annotations
@@ -46,14 +46,14 @@ class SiteRow:
     source: str
     shape: list[str]
     dtype: str
-    bytes: str
+    bytes: int | str
     group: str
     decision: str
     reason: str
     transport: str | None = None  # where rewritten: "nccl" or "symm_mem"
     transport_reason: str = ""
-    reduce_payload_bytes: str | None = None
-    gather_payload_bytes: str | None = None
+    reduce_payload_bytes: int | str | None = None
+    gather_payload_bytes: int | str | None = None
     compression: float | None = None
     padding: str | None = None  # "none" where world size x group size provably divides the size
     predicted_us: dict[str, float] | None = None
@@ -69,21 +69,27 @@ _TORCH_DIR = str(Path(torch.__file__).resolve().parent)
 
 
 def _user_source(node: torch.fx.Node) -> str:
-    """The innermost frame of the node's stack trace outside torch itself: the user's line."""
+    """The innermost frame of the node's stack trace outside torch itself (the user's line: in a forward hook, the
+    hook's), and the user frame that called it (the module's forward)."""
     trace = node.meta.get("stack_trace") or ""
     lines = trace.splitlines()
     frames = [(line.strip(), lines[i + 1].strip() if i + 1 < len(lines) else "")
               for i, line in enumerate(lines) if line.strip().startswith("File ")]
-    user = [f for f in frames if _TORCH_DIR not in f[0]]
-    frame, code = (user or frames or [("", "")])[-1]
-    return f"{frame}: {code}" if code else frame
+    user = [f for f in frames if _TORCH_DIR not in f[0]] or frames or [("", "")]
+    described = [f"{frame}: {code}" if code else frame for frame, code in user[-2:]]
+    return described[-1] + (f" (called from {described[0]})" if len(described) == 2 else "")
+
+
+def _size(value) -> int | str:
+    """A number where static, the sympy expression's text where symbolic."""
+    return value if isinstance(value, int) else str(value)
 
 
 def _row(graph: int, report: SiteReport, config: FlashCommConfig) -> SiteRow:
     site = report.site
     row = SiteRow(graph=graph, node=site.node.name, module=_module_path(site.node), source=_user_source(site.node),
                   shape=[str(s) for s in site.shape], dtype=str(site.dtype).removeprefix("torch."),
-                  bytes=str(site.nbytes), group=site.group_name,
+                  bytes=_size(site.nbytes), group=site.group_name,
                   decision="rewritten" if report.rewritten else "kept", reason=report.reason,
                   transport=report.decision.transport, transport_reason=report.decision.transport_reason)
     if guards.eligibility(site) is None:
@@ -91,7 +97,7 @@ def _row(graph: int, report: SiteReport, config: FlashCommConfig) -> SiteRow:
                                config.spike_reserve)
         reduce_bytes = layout.chunk_bytes * site.world_size
         gather_bytes = layout.with_bits(config.gather_bits).chunk_bytes * site.world_size
-        row.reduce_payload_bytes, row.gather_payload_bytes = str(reduce_bytes), str(gather_bytes)
+        row.reduce_payload_bytes, row.gather_payload_bytes = _size(reduce_bytes), _size(gather_bytes)
         tail = layout.padded_numel - site.numel
         row.padding = "none" if site.proves(tail == 0) else f"{tail} zeros, masked in the kernels"
         if site.is_static:
@@ -114,7 +120,7 @@ class Report:
     sites: list[SiteRow] = field(default_factory=list)
 
     def totals(self) -> dict[str, Any]:
-        static = [r for r in self.sites if r.bytes.isdigit()]
+        static = [r for r in self.sites if isinstance(r.bytes, int)]
         rewritten = [r for r in self.sites if r.decision == "rewritten"]
 
         def wire(r: SiteRow, flash: bool) -> int:
@@ -148,11 +154,18 @@ class Report:
                                totals=self.totals(),
                                graphs=[dict(before=g.before, after=g.after) for g in self.graphs]), indent=1)
 
+    def cost_model_note(self) -> str:
+        if self.hardware is None:
+            return "this machine's measurements, if any (else the min_bytes rule)"
+        if not cost_model.measured(f"{self.hardware}|w{self.world_size}"):
+            return f"{self.hardware} has no line for world size {self.world_size} (min_bytes rule)"
+        return self.hardware
+
     def to_text(self, full: bool = False, color: bool = False) -> str:
         header = (f"flashcomm inspect: world size {self.world_size}, {self.config.describe()}, "
-                  f"cost model: {self.hardware or 'none (min_bytes rule)'}")
+                  f"cost model: {self.cost_model_note()}")
         columns = ["graph", "node", "module", "shape", "dtype", "bytes", "decision", "reason", "transport",
-                   "compression", "predicted_us"]
+                   "reduce_payload_bytes", "gather_payload_bytes", "compression", "predicted_us"]
         table = _table([[_cell(getattr(r, c)) for c in columns] for r in self.sites], columns)
         totals = ", ".join(f"{k} {v}" for k, v in self.totals().items() if v is not None)
         sources = "\n".join(f"  {r.node}: {r.source}" for r in self.sites if r.source)
@@ -176,7 +189,7 @@ td,th{{border:1px solid #ccc;padding:2px 6px;vertical-align:top}} .diff_add{{bac
 .diff_chg{{background:#ffa}} .diff_sub{{background:#fcc}} td.diff_header{{text-align:right}}
 </style></head><body><h1>flashcomm inspect</h1>
 <p>world size {self.world_size}, {html.escape(self.config.describe())}, cost model:
-{html.escape(self.hardware or "none (min_bytes rule)")}</p>
+{html.escape(self.cost_model_note())}</p>
 <h2>all-reduce sites</h2><table id="sites"><tr>{"".join(f"<th>{c}</th>" for c in columns)}</tr>{rows}</table>
 <h2>totals</h2><ul id="totals">{totals}</ul>{diffs}</body></html>"""
 
@@ -227,8 +240,10 @@ def inspect(model_or_fn: Callable, *example_inputs: Any, world_size: int = 2, ha
     """
     from torch._inductor import config as inductor_config
 
+    if hardware is not None and hardware not in cost_model.known_hardware():
+        raise ValueError(f"hardware {hardware!r} unknown; known: {cost_model.known_hardware()}")
     flash_config = FlashCommConfig.from_options(config)
-    backend = FlashCommBackend(flash_config)
+    backend = FlashCommBackend(flash_config, keep_code=True)
     with fake_process_group(world_size), cost_model.assume_hardware(hardware), \
             inductor_config.patch(fx_graph_cache=False), torch.no_grad():
         torch.compile(model_or_fn, backend=backend, dynamic=dynamic)(*example_inputs)

@@ -14,6 +14,7 @@ from flashcomm_compile.passes.engine import FlashCommPass
     ("reduce_bits", 3), ("gather_bits", 16), ("group_size", 100), ("mode", "sometimes"), ("min_bytes", -1),
     ("spike_reserve", 1), ("backward", "yes"), ("reduce_bits", True), ("chunks", 0), ("chunks", 65), ("chunks", True),
     ("transport", "nvshmem"), ("transport", None), ("cuda_graphs", "yes"), ("cuda_graphs", 1),
+    ("reduce_bits", 4.0), ("gather_bits", 8.0), ("group_size", 128.0), ("chunks", 2.0), ("min_bytes", 1.0),
 ])
 def test_invalid_config_value_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):
@@ -39,27 +40,32 @@ def test_defaults_follow_the_paper():
     assert config.mode == "auto"
 
 
-def test_uuid_covers_the_config():
-    base = FlashCommPass(FlashCommConfig()).uuid()
-    assert FlashCommPass(FlashCommConfig()).uuid() == base
+def test_uuid_covers_the_config(monkeypatch):
+    base = FlashCommPass(FlashCommConfig(transport="nccl")).uuid()
+    assert FlashCommPass(FlashCommConfig(transport="nccl")).uuid() == base
     for change in (dict(reduce_bits=8), dict(gather_bits=4), dict(group_size=64), dict(spike_reserve=True),
                    dict(mode="always"), dict(min_bytes=0), dict(backward=True), dict(chunks=2),
-                   dict(transport="symm_mem"), dict(cuda_graphs=True)):
-        assert FlashCommPass(FlashCommConfig(**change)).uuid() != base, change
+                   dict(transport="auto"), dict(cuda_graphs=True)):
+        assert FlashCommPass(FlashCommConfig(**{"transport": "nccl", **change})).uuid() != base, change
+    # code rewritten for symm_mem holds this process's workspace addresses: never cached where it may be chosen
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert FlashCommPass(FlashCommConfig(transport="symm_mem")).uuid() is None
+    assert FlashCommPass(FlashCommConfig()).uuid() is None
 
 
 def test_uuid_covers_the_link_mode_launch_and_assumed_hardware(monkeypatch):
     from flashcomm_compile.cost_model import assume_hardware
     from flashcomm_compile.kernels.launches import LAUNCH, Launch
 
-    base = FlashCommPass(FlashCommConfig()).uuid()
+    nccl = FlashCommConfig(transport="nccl")
+    base = FlashCommPass(nccl).uuid()
     with assume_hardware("NVIDIA H200|default"):
-        assert FlashCommPass(FlashCommConfig()).uuid() != base
+        assert FlashCommPass(nccl).uuid() != base
     monkeypatch.setitem(LAUNCH, "quantize", Launch(8192, 4))  # as FLASHCOMM_LAUNCH or a tuning run sets it
-    launch = FlashCommPass(FlashCommConfig()).uuid()
+    launch = FlashCommPass(nccl).uuid()
     assert launch != base
     monkeypatch.setenv("NCCL_P2P_DISABLE", "1")
-    assert FlashCommPass(FlashCommConfig()).uuid() not in (base, launch)
+    assert FlashCommPass(nccl).uuid() not in (base, launch)
 
 
 def _fn(x):
@@ -71,6 +77,16 @@ def test_backend_by_name_with_options_compiles():
     compiled = torch.compile(_fn, backend="flashcomm", options={"reduce_bits": 8, "mode": "always"})
     x = torch.randn(8)
     assert torch.allclose(compiled(x), _fn(x))
+
+
+def test_backend_by_name_takes_inductor_mode_in_options():
+    torch._dynamo.reset()
+    compiled = torch.compile(_fn, backend="flashcomm", options={"inductor_mode": "max-autotune-no-cudagraphs"})
+    x = torch.randn(8)
+    assert torch.allclose(compiled(x), _fn(x))
+    with pytest.raises(ValueError, match="inductor_mode"):
+        flashcomm_compile.dynamo_backend.flashcomm(None, [], mode="default",
+                                                   options={"inductor_mode": "reduce-overhead"})
 
 
 def test_backend_by_name_rejects_bad_options_naming_them():

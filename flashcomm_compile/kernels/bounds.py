@@ -1,4 +1,4 @@
-"""The analytic error bound of the two-step pipeline, computed from the payloads actually sent (DESIGN.md).
+"""The analytic error bound of the two-step pipeline, computed from the payloads actually sent.
 
 For a group with stored scale s, every non-spike value is reproduced within s/2 (spike values exactly), plus a
 float32 slack of a few units in the last place of the group's magnitude for the rounding of the scale, of x - zero

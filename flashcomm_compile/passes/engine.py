@@ -1,7 +1,12 @@
-"""Applies the declared rules to every all-reduce of a graph and records what it decided for each, and why."""
+"""Applies the declared rules to every all-reduce of a graph and records what it decided for each, and why.
+
+It logs to "flashcomm_compile.passes.engine": one line per compiled graph at INFO, one per all-reduce at DEBUG
+(`TORCH_LOGS="+flashcomm_compile"` turns both on with torch's own format).
+"""
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,12 +40,16 @@ class SiteReport:
         return self.decision.reason
 
 
+log = logging.getLogger(__name__)
+
+
 @dataclass
 class GraphRecord:
-    """One run of the pass: the graph's code before and after, and a report per all-reduce."""
+    """One run of the pass: a report per all-reduce, what is left in the graph, and the graph's code before and after
+    (only where asked for: `keep_code`)."""
 
-    before: str
-    after: str
+    before: str | None
+    after: str | None
     sites: list[SiteReport] = field(default_factory=list)
     op_counts: Counter = field(default_factory=Counter)  # call_function targets left in the graph, by name
 
@@ -97,23 +106,54 @@ class FlashCommPass(CustomGraphPass):
     config, group size or machine (on a cache hit the pass does not run). Where the symmetric-memory transport may
     be chosen, the uuid is None, which keeps the graph out of the cache."""
 
-    def __init__(self, config: FlashCommConfig, rules: tuple[Rule, ...] = RULES):
+    def __init__(self, config: FlashCommConfig, rules: tuple[Rule, ...] = RULES, keep_code: bool = False):
         self.config = config
         self.rules = rules
+        self.keep_code = keep_code
         self.records: list[GraphRecord] = []
 
     def __call__(self, graph: torch.fx.Graph) -> None:
-        before = _graph_code(graph)
+        before = _graph_code(graph) if self.keep_code else None
         sites = apply_rules(graph, self.config, self.rules)
         graph.lint()
         ops = Counter(op_name(n) for n in graph.nodes if n.op == "call_function")
-        self.records.append(GraphRecord(before, _graph_code(graph), sites, ops))
+        self.records.append(GraphRecord(before, _graph_code(graph) if self.keep_code else None, sites, ops))
+        _log(sites)
 
     def uuid(self) -> bytes | None:
         if self.config.transport != "nccl" and torch.cuda.is_available():
             return None  # symm_mem code holds this process's workspace addresses and rank: never cached
         graphs = cost_model.replayed_in_cuda_graphs(self.config)  # "auto" counts host time only without them
         return get_hash_for_files(_source_files(), extra=repr((self.config, graphs)) + compile_environment())
+
+
+def _log(sites: list[SiteReport]) -> None:
+    rewritten = [s for s in sites if s.rewritten]
+    transports = Counter(s.decision.transport for s in rewritten)
+    kept = Counter(s.reason for s in sites if not s.rewritten)
+    log.info("flashcomm: rewrote %d of %d all-reduces%s%s", len(rewritten), len(sites),
+             "".join(f", {n} over {t}" for t, n in sorted(transports.items())),
+             "; kept: " + ", ".join(f"{reason} x{n}" for reason, n in kept.items()) if kept else "")
+    for s in sites:
+        log.debug("flashcomm: %s %s %s: %s: %s%s", s.site.node.name, list(s.site.shape),
+                  str(s.site.dtype).removeprefix("torch."), "rewritten" if s.rewritten else "kept", s.reason,
+                  f" ({s.decision.transport}: {s.decision.transport_reason})" if s.rewritten else "")
+
+
+class ComposedPass(CustomGraphPass):
+    """A user's own post-grad pass, then flashcomm's, as one `post_grad_custom_post_pass` (torch 2.11 takes one):
+    flashcomm sees the graph as the user's pass left it. Cacheable only if both are."""
+
+    def __init__(self, *passes: CustomGraphPass):
+        self.passes = passes
+
+    def __call__(self, graph: torch.fx.Graph) -> None:
+        for graph_pass in self.passes:
+            graph_pass(graph)
+
+    def uuid(self) -> bytes | None:
+        ids = [p.uuid() if isinstance(p, CustomGraphPass) else None for p in self.passes]
+        return None if any(i is None for i in ids) else repr(ids).encode()
 
 
 def compile_environment() -> str:

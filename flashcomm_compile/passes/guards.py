@@ -86,21 +86,25 @@ def quantized_all_reduce(site: Site, config: FlashCommConfig) -> Decision:
         return Decision(True, "mode always", chosen, why)
     prediction = cost_model.predict(site.value.device, site.world_size, config.with_transport(chosen))
     if prediction is None:
-        return _by_threshold(site, config.min_bytes, "min_bytes", None, chosen, why)
+        unmeasured = cost_model.hardware_key(site.value.device, site.world_size)
+        return _by_threshold(site, config.min_bytes, "min_bytes", None, chosen, why,
+                             note=f"; the cost model has no line for {unmeasured}")
     if math.isinf(prediction.threshold_bytes):
         return keep(f"predicted slower than NCCL at every size on {prediction.hardware}", prediction)
     return _by_threshold(site, math.ceil(prediction.threshold_bytes), "the cost model's threshold", prediction,
                          chosen, why)
 
 
-def _by_threshold(site: Site, threshold: int, name: str, prediction, chosen: str, why: str) -> Decision:
+def _by_threshold(site: Site, threshold: int, name: str, prediction, chosen: str, why: str,
+                  note: str = "") -> Decision:
     """Rewrite from `threshold` bytes. A symbolic size that the graph does not place on one side is specialized to
     the side its current size lies (a guard; the other side compiles once more)."""
     if site.proves(site.nbytes >= threshold):
-        return Decision(True, f"{site.nbytes} bytes >= {name} {threshold}", chosen, why, prediction)
+        return Decision(True, f"{site.nbytes} bytes >= {name} {threshold}{note}", chosen, why, prediction)
     if site.proves(site.nbytes < threshold):
-        return keep(f"below {name} ({site.nbytes} < {threshold})", prediction)
+        return keep(f"below {name} ({site.nbytes} < {threshold}){note}", prediction)
     if site.specialize(site.nbytes >= threshold):
         return Decision(True, f"{site.nbytes} bytes >= {name} {threshold} (specialized: smaller sizes compile "
-                              "again)", chosen, why, prediction)
-    return keep(f"below {name} ({site.nbytes} < {threshold}; specialized: larger sizes compile again)", prediction)
+                              f"again){note}", chosen, why, prediction)
+    return keep(f"below {name} ({site.nbytes} < {threshold}; specialized: larger sizes compile again){note}",
+                prediction)

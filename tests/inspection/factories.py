@@ -44,3 +44,7 @@ def untraceable():
 
 
 not_callable = 3
+
+
+def not_a_pair():
+    return 7

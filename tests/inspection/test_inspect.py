@@ -17,8 +17,9 @@ from flashcomm_compile.inspection import inspect_factory
 from tests.inspection import factories
 
 ROOT = Path(__file__).resolve().parents[2]
-EXPECTED = [("rewritten", "65536 bytes >= min_bytes 4096")] * 4 + [
-    ("kept", "reduce op max"), ("kept", "dtype int64"), ("kept", "below min_bytes (32 < 4096)")]
+UNMEASURED = "; the cost model has no line for cpu|default|w2"
+EXPECTED = [("rewritten", f"65536 bytes >= min_bytes 4096{UNMEASURED}")] * 4 + [
+    ("kept", "reduce op max"), ("kept", "dtype int64"), ("kept", f"below min_bytes (32 < 4096){UNMEASURED}")]
 
 
 @pytest.fixture(scope="module")
@@ -30,10 +31,11 @@ def test_sites_decisions_and_reasons(report):
     assert [(s.decision, s.reason) for s in report.sites] == EXPECTED
     assert [s.module for s in report.sites[:2]] == ["llama.layers.0.attention.wo", "llama.layers.0.feed_forward.w2"]
     assert "llama.py" in report.sites[0].source and "factories.py" in report.sites[4].source
+    assert "(called from" in report.sites[0].source  # the hook's line, and the forward that ran the module
     assert report.sites[0].shape == ["1", "64", "256"] and report.sites[0].dtype == "float32"
     # INT4 + INT8 payloads of 16384 fp32 values in 128 groups of 8 metadata bytes: (8192 + 1024) + (16384 + 1024)
     # bytes, against 2 x 65536 on a ring
-    assert report.sites[0].reduce_payload_bytes == "9216" and report.sites[0].gather_payload_bytes == "17408"
+    assert report.sites[0].reduce_payload_bytes == 9216 and report.sites[0].gather_payload_bytes == 17408
     assert report.sites[0].compression == round(2 * 65536 / (9216 + 17408), 3)
     assert report.sites[4].compression is None  # not eligible: nothing to compress
     assert report.sites[0].padding == "none" and report.sites[6].padding == "248 zeros, masked in the kernels"
@@ -61,8 +63,11 @@ def test_json_schema(report):
     data = json.loads(report.to_json())
     assert data["version"] == 1 and data["world_size"] == 2 and data["config"]["min_bytes"] == 4096
     site_keys = {"graph", "node", "module", "source", "shape", "dtype", "bytes", "group", "decision", "reason",
-                 "transport", "transport_reason", "reduce_payload_bytes", "gather_payload_bytes", "compression", "padding", "predicted_us"}
+                 "transport", "transport_reason", "reduce_payload_bytes", "gather_payload_bytes", "compression",
+                 "padding", "predicted_us"}
     assert all(set(s) == site_keys for s in data["sites"])
+    first = data["sites"][0]
+    assert first["bytes"] == 65536 and isinstance(first["reduce_payload_bytes"], int)
     assert [s["decision"] for s in data["sites"]] == [d for d, _ in EXPECTED]
     assert set(data["totals"]) >= {"sites", "rewritten", "kept", "bytes", "wire_bytes_nccl", "wire_bytes_flashcomm"}
     assert {"before", "after"} == set(data["graphs"][0])
@@ -150,6 +155,40 @@ def test_cli_json_and_exit_codes(tmp_path):
     assert done.returncode == 2 and "flashcomm-compile: error: chunks must be an int" in done.stderr
     done = _cli("tests.inspection.factories:mixed", "--transport", "symm_mem", "--chunks", "2")
     assert done.returncode == 2 and "chunks must be 1 with transport 'symm_mem'" in done.stderr
+
+
+def test_cli_usage_errors_are_one_line_before_any_tracing(tmp_path):
+    for args, message in [(["--world-size", "0"], "--world-size must be in [1, 64], got 0"),
+                          (["--world-size", "-1"], "--world-size must be in [1, 64], got -1"),
+                          (["--out", str(tmp_path / "missing" / "x.txt")], "does not exist"),
+                          (["--hardware", "Bogus GPU|default"], "invalid choice"),
+                          (["--hardware", "NVIDIA H200"], "invalid choice")]:
+        done = _cli("tests.inspection.factories:mixed", *args)
+        assert done.returncode == 2 and message in done.stderr, (args, done.stderr)
+        assert "Traceback" not in done.stderr and "did not trace" not in done.stderr
+    done = _cli("tests.inspection.factories:not_a_pair")
+    assert done.returncode == 2 and "returned int '7'; expected (model, example_inputs)" in done.stderr
+    help_text = _cli("--help").stdout
+    assert "NVIDIA H200|default" in help_text and "(default: 128)" in help_text
+
+
+def test_unknown_hardware_is_refused_and_unmeasured_world_sizes_said(tmp_path):
+    with pytest.raises(ValueError, match="unknown; known: .*NVIDIA H200\\|default"):
+        inspect_factory(factories.mixed, world_size=2, hardware="Bogus GPU|default")
+    report = inspect_factory(factories.mixed, world_size=4, hardware="NVIDIA H100 80GB HBM3|default")
+    assert "has no line for world size 4 (min_bytes rule)" in report.to_text()
+    assert report.sites[0].reason.endswith("the cost model has no line for NVIDIA H100 80GB HBM3|default|w4")
+
+
+def test_console_script_finds_modules_in_the_current_directory(tmp_path):
+    script = Path(sys.executable).with_name("flashcomm-compile")
+    if not script.exists():
+        pytest.skip("the console script is not installed")
+    (tmp_path / "local_models.py").write_text("from tests.inspection.factories import mixed\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([str(script), "inspect", "local_models:mixed", "--format", "json"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -38,7 +38,7 @@ def _calls_in(code: str) -> dict:
 def _compile(fn, dynamic=None, **config):
     import flashcomm_compile
 
-    backend = flashcomm_compile.backend(**config)
+    backend = flashcomm_compile.backend(keep_code=True, **config)
     return torch.compile(fn, backend=backend, dynamic=dynamic), backend
 
 
@@ -124,7 +124,8 @@ def test_ineligible_all_reduces_stay_exactly_as_they_were():
     result = run_ranks(2, _untouched)[0]
     assert result["auto"]["same_graph"] and result["never"]["same_graph"]
     assert result["auto"]["exact"] and result["never"]["exact"]
-    assert result["auto"]["reasons"] == ["reduce op max", "dtype int64", "below min_bytes (2048 < 1048576)"]
+    assert result["auto"]["reasons"] == ["reduce op max", "dtype int64", "below min_bytes (2048 < 1048576); the cost "
+                                         "model has no line for cpu|default|w2"]
     assert result["never"]["reasons"] == ["reduce op max", "dtype int64", "mode never"]
     symm_mem = result["symm_mem on cpu"]
     assert symm_mem["same_graph"] and symm_mem["exact"]
@@ -253,7 +254,7 @@ def test_auto_specializes_symbolic_sizes_on_the_side_of_the_threshold():
     result = run_ranks(2, _size_specialized)[0]
     assert result["graphs"] == 2  # one compile per side, whatever the number of sizes
     assert result["rewritten"] == [True, False]
-    assert result["reasons"][0].endswith("(specialized: smaller sizes compile again)")
+    assert "(specialized: smaller sizes compile again)" in result["reasons"][0]
     assert "specialized: larger sizes compile again" in result["reasons"][1]
     assert result["errors"][5] == 0.0 and result["errors"][3] == 0.0  # below 16 x 256 x 4 bytes: NCCL's exact sum
     assert all(result["errors"][seq] > 0 for seq in (17, 64, 40))  # quantized

@@ -1,0 +1,112 @@
+"""The pass in one process on a fake process group (as PyTorch tests micro_pipeline_tp): each guard's decision and
+reason, the exact nodes that replace an all-reduce, what it logs, a user's own post-grad pass run beside it, and the
+graph code kept only when asked."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.distributed._functional_collectives as funcol
+from torch._inductor import config as inductor_config
+from torch._inductor.custom_graph_pass import CustomGraphPass
+
+import flashcomm_compile
+from flashcomm_compile.inspection import fake_process_group
+
+ALL_REDUCE = "_c10d_functional.all_reduce.default"
+PIPELINE = {"_c10d_functional.all_to_all_single.default": 1, "_c10d_functional.all_gather_into_tensor.default": 1,
+            "_c10d_functional.wait_tensor.default": 2, ALL_REDUCE: 0}
+
+
+@pytest.fixture(autouse=True)
+def two_ranks():
+    with fake_process_group(2), inductor_config.patch(fx_graph_cache=False):
+        torch._dynamo.reset()
+        yield
+
+
+def _compile(fn, *inputs, **options):
+    backend = flashcomm_compile.backend(**options)
+    torch.compile(fn, backend=backend)(*inputs)
+    return backend
+
+
+def _sites(backend):
+    return [(s.rewritten, s.reason) for record in backend.records for s in record.sites]
+
+
+def test_each_guard_decides_with_its_reason():
+    def f(x, i):
+        return (funcol.all_reduce(x, "max", dist.group.WORLD), funcol.all_reduce(i, "sum", dist.group.WORLD),
+                funcol.all_reduce(x[:2], "sum", dist.group.WORLD), funcol.all_reduce(x, "sum", dist.group.WORLD))
+
+    x, i = torch.randn(64, 256), torch.arange(10)
+    unmeasured = "; the cost model has no line for cpu|default|w2"
+    assert _sites(_compile(f, x, i, min_bytes=1 << 16, transport="nccl")) == [
+        (False, "reduce op max"), (False, "dtype int64"), (False, f"below min_bytes (2048 < 65536){unmeasured}"),
+        (True, f"65536 bytes >= min_bytes 65536{unmeasured}")]
+    torch._dynamo.reset()
+    assert _sites(_compile(f, x, i, mode="never"))[2:] == [(False, "mode never")] * 2
+    torch._dynamo.reset()
+    assert _sites(_compile(f, x, i, mode="always", transport="symm_mem"))[2:] == [
+        (False, "transport symm_mem needs CUDA tensors, not cpu")] * 2
+
+
+def test_transport_auto_on_a_cpu_is_nccl_and_says_why():
+    backend = _compile(lambda x: funcol.all_reduce(x, "sum", dist.group.WORLD), torch.randn(8, 128), mode="always")
+    decision = backend.records[0].sites[0].decision
+    assert (decision.transport, decision.transport_reason) == ("nccl", "auto: cpu tensors")
+
+
+def test_the_replacement_is_exactly_the_pipeline():
+    backend = _compile(lambda x: funcol.all_reduce(x * 2, "sum", dist.group.WORLD), torch.randn(8, 128),
+                       mode="always")
+    ops = backend.records[0].op_counts
+    assert {op: ops.get(op, 0) for op in PIPELINE} == PIPELINE
+    assert not any("flashcomm" in op for op in ops)  # no custom op: the reference's aten ops, traced in
+
+
+def test_logs_one_line_per_graph_and_one_per_site(caplog):
+    def f(x, i):
+        return funcol.all_reduce(x, "sum", dist.group.WORLD), funcol.all_reduce(i, "sum", dist.group.WORLD)
+
+    with caplog.at_level(logging.DEBUG, logger="flashcomm_compile"):
+        _compile(f, torch.randn(8, 128), torch.arange(4), mode="always")
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("flashcomm_compile")]
+    assert "flashcomm: rewrote 1 of 2 all-reduces, 1 over nccl; kept: dtype int64 x1" in lines
+    assert any(line.endswith("rewritten: mode always (nccl: auto: cpu tensors)") for line in lines)
+    assert any(line.endswith("kept: dtype int64") for line in lines)
+
+
+class _Recorder(CustomGraphPass):
+    """A user's own post-grad pass: notes how many all-reduces it saw."""
+
+    def __init__(self):
+        self.seen = []
+
+    def __call__(self, graph: torch.fx.Graph) -> None:
+        self.seen.append(sum(str(n.target) == ALL_REDUCE for n in graph.nodes))
+
+    def uuid(self) -> bytes:
+        return b"recorder"
+
+
+def test_a_users_post_grad_pass_runs_first_and_flashcomms_still_runs():
+    user = _Recorder()
+    with inductor_config.patch(post_grad_custom_post_pass=user):
+        backend = _compile(lambda x: funcol.all_reduce(x, "sum", dist.group.WORLD), torch.randn(8, 128),
+                           mode="always")
+    assert user.seen == [1]  # it saw the all-reduce flashcomm then rewrote
+    assert backend.records[0].rewritten()
+
+
+def test_graph_code_is_kept_only_when_asked():
+    fn = lambda x: funcol.all_reduce(x, "sum", dist.group.WORLD)  # noqa: E731
+    plain = _compile(fn, torch.randn(8, 128), mode="always")
+    assert plain.records[0].before is None and plain.records[0].after is None
+    torch._dynamo.reset()
+    kept = _compile(fn, torch.randn(8, 128), mode="always", keep_code=True)
+    assert "all_reduce" in kept.records[0].before and "all_to_all_single" in kept.records[0].after
