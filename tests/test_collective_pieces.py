@@ -11,7 +11,7 @@ from hypothesis import given, strategies as st
 from flashcomm_compile.pipeline import piece_bounds
 from flashcomm_compile.kernels import reference
 from flashcomm_compile.launch import run_ranks
-from tests.kernels.simulate import simulate
+from flashcomm_compile.pipeline import simulate
 from tests.passes.test_rewrite_multirank import _compile, _everyone
 
 

@@ -8,7 +8,7 @@ import torch
 
 from flashcomm_compile.kernels import reference, triton_kernels
 from flashcomm_compile.kernels.launches import LAUNCH, Launch, parse_launch
-from tests.kernels.simulate import simulate
+from flashcomm_compile.pipeline import simulate
 from tests.strategies import make_activation
 
 

@@ -13,7 +13,7 @@ from hypothesis import assume, given, settings
 
 from flashcomm_compile.kernels import triton_kernels
 from flashcomm_compile.symmetric import SymmetricLayout
-from tests.kernels.simulate import simulate
+from flashcomm_compile.pipeline import simulate
 from tests.kernels.test_triton_kernels import DEVICES
 from tests.strategies import PIPELINE_CASES, interpreter_misreads, make_activation
 

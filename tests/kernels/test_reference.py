@@ -9,7 +9,7 @@ from hypothesis import given, strategies as st
 from flashcomm_compile.kernels import reference
 from flashcomm_compile.kernels.bounds import payload_error_bound, pipeline_error_bound
 from flashcomm_compile.kernels.layout import PayloadLayout
-from tests.kernels.simulate import simulate
+from flashcomm_compile.pipeline import simulate
 from tests.strategies import BITS, DISTRIBUTIONS, DTYPES, GROUP_SIZES, activations, make_activation
 
 

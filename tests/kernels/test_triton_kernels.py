@@ -18,7 +18,7 @@ from hypothesis import assume, given
 from flashcomm_compile.kernels import reference
 from flashcomm_compile.kernels.bounds import pipeline_error_bound
 from flashcomm_compile.kernels.layout import PayloadLayout
-from tests.kernels.simulate import simulate
+from flashcomm_compile.pipeline import simulate
 from tests.strategies import PIPELINE_CASES, interpreter_misreads, make_activation
 
 DEVICES = [

@@ -21,7 +21,7 @@ def _single_site(rank, world):
     import flashcomm_compile
     from flashcomm_compile.kernels import triton_kernels
     from flashcomm_compile.kernels.bounds import pipeline_error_bound
-    from tests.kernels.simulate import simulate
+    from flashcomm_compile.pipeline import simulate
 
     torch.manual_seed(rank)
     x = torch.randn(4096, 4096 + 64, device="cuda", dtype=torch.bfloat16)

@@ -13,7 +13,7 @@ from torch._inductor.utils import run_and_get_code
 from flashcomm_compile.kernels import reference
 from flashcomm_compile.kernels.bounds import pipeline_error_bound
 from flashcomm_compile.launch import run_ranks
-from tests.kernels.simulate import simulate
+from flashcomm_compile.pipeline import simulate
 
 # one rewritten all-reduce on the NCCL transport; on CPUs the kernels are the torch reference's ops, traced in
 REWRITTEN_OPS = {
