@@ -99,7 +99,7 @@ class SymmetricPipeline:
     def layouts(self, numel):
         from .symmetric import SymmetricLayout
 
-        return SymmetricLayout(NcclPipeline(self.config, "", self.world_size).layout(numel), self.config.gather_bits)
+        return SymmetricLayout.of(numel, self.world_size, self.config)
 
     def quantize(self, x: torch.Tensor, after: torch.Tensor, token: torch.Tensor) -> None:
         from .kernels import triton_kernels

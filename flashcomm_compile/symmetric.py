@@ -1,7 +1,9 @@
 """The two-step all-reduce over symmetric memory: every GPU of the group maps its peers' buffers (NVLink), so the
 all-to-all is folded into the dequantize-sum-requantize kernel's loads and the all-gather into the dequantize
-kernel's. One all-reduce is then three kernels and two barriers, no NCCL call, and the quantized bytes cross the
-link once, read by the kernel that needs them.
+kernel's. One all-reduce is then three kernels and two barrier kernels (`pipeline.SymmetricPipeline`), no NCCL
+call, and the quantized bytes cross the link once, read by the kernel that needs them. The compiled code reaches the
+workspace through the address of its table, a constant: the workspace is allocated when the graph is compiled, and
+kept for the life of the process.
 
 Each rank's buffer holds the W first-step chunks it quantized (chunk r is read by rank r), then the requantized
 chunk it reduced (read by every rank). Between the steps a barrier makes the writes visible; the second barrier
@@ -12,15 +14,15 @@ own dequantize, the last reader of the requantized chunks).
 
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass
 
 import torch
 
+from . import cost_model
 from .config import FlashCommConfig
 from .kernels.layout import PayloadLayout
-from .pipeline import NcclPipeline, SymmetricPipeline
+from .pipeline import SymmetricPipeline
 
 MAX_WORLD_SIZE = 32  # the barrier kernel gives each peer a thread of one warp
 ALIGN = 16  # bytes: every chunk starts 16-byte aligned, so the kernels' loads stay vectorised
@@ -37,6 +39,11 @@ class SymmetricLayout:
 
     payload: PayloadLayout  # the first step
     gather_bits: int
+
+    @classmethod
+    def of(cls, numel, world_size: int, config: FlashCommConfig) -> "SymmetricLayout":
+        return cls(PayloadLayout(numel, world_size, config.reduce_bits, config.group_size, config.spike_reserve),
+                   config.gather_bits)
 
     @property
     def stride(self) -> int:
@@ -132,7 +139,7 @@ def _outside_graph_pools(device: torch.device, fn, *args):
 def peer_access_problem(world_size: int) -> str | None:
     """Why the group's GPUs cannot use symmetric memory from this process (None: they can). Ranks are taken to be
     the node's first `world_size` GPUs, one per process, as torchrun places them."""
-    if os.environ.get("NCCL_P2P_DISABLE") == "1":
+    if cost_model.link_mode() == "p2p-disabled":
         return "NCCL_P2P_DISABLE=1"
     if world_size > MAX_WORLD_SIZE:
         return f"world size {world_size} > {MAX_WORLD_SIZE}"
@@ -150,12 +157,5 @@ def pipeline(group_name: str, device: torch.device, numel: int, world_size: int,
              config: FlashCommConfig) -> SymmetricPipeline:
     """The symmetric-memory pipeline for all-reduces of up to `numel` elements over the group, its workspace
     allocated now (a collective) if needed."""
-    layout = SymmetricLayout(NcclPipeline(config, group_name, world_size).layout(numel), config.gather_bits)
-    ws = workspace(group_name, device, layout.total_bytes)
+    ws = workspace(group_name, device, SymmetricLayout.of(numel, world_size, config).total_bytes)
     return SymmetricPipeline(config, world_size, ws.table.data_ptr(), ws.handle.rank)
-
-
-def symmetric_all_reduce(x: torch.Tensor, group_name: str, world_size: int, config: FlashCommConfig) -> torch.Tensor:
-    """Sum of x over the group, quantized as `config` says, called eagerly; bitwise equal on every rank, and to the
-    NCCL transport's."""
-    return pipeline(group_name, x.device, x.numel(), world_size, config)(x)[0]
