@@ -155,7 +155,18 @@ def dequant_sum_requant(received: torch.Tensor, layout: PayloadLayout, out_bits:
     return encode(quantize_groups(total, out_bits, layout.spike_reserve), out_layout)
 
 
+FLOAT16_MAX = torch.finfo(torch.float16).max
+
+
+def saturate_float16(values: torch.Tensor) -> torch.Tensor:
+    """float32 values clamped to float16's range (NaN kept): an exact sum below 65504 that the quantization error
+    pushed past it comes back as 65504, not inf."""
+    return torch.where(values.isnan(), values, values.clamp(-FLOAT16_MAX, FLOAT16_MAX))
+
+
 def dequantize(gathered: torch.Tensor, layout: PayloadLayout, dtype: torch.dtype, shape) -> torch.Tensor:
     """uint8 [W, chunk_bytes] (the requantized chunk of every rank) -> tensor of `dtype` and `shape`."""
     values = dequantize_groups(decode(gathered, layout)).reshape(-1)[: layout.numel]
+    if dtype == torch.float16:
+        values = saturate_float16(values)
     return values.to(dtype).reshape(shape)

@@ -52,6 +52,7 @@ def _unpack(b, BITS: tl.constexpr, G: tl.constexpr, BLOCK_G: tl.constexpr):
 
 
 TINY_SCALE: tl.constexpr = tl.constexpr(reference.TINY_SCALE)
+FLOAT16_MAX: tl.constexpr = tl.constexpr(reference.FLOAT16_MAX)
 MAGIC: tl.constexpr = tl.constexpr(8388608.0)  # 2^23: a float in [2^23, 2^24) holds an integer in its mantissa bits
 MAGIC_BITS: tl.constexpr = tl.constexpr(0x4B000000)  # the bits of 2^23 as a float32
 
@@ -326,6 +327,8 @@ def _dequantize_groups(payload, out, numel, source, group, groups_per_chunk, val
     values = _load_groups(u8, f32, i16, tl.zeros((BLOCK_G,), tl.int64), group, groups_per_chunk, valid, BITS, G,
                           SPIKE, BLOCK_G)
     offsets = (source * groups_per_chunk + group).to(tl.int64)[:, None] * G + tl.arange(0, G)[None, :]
+    if out.dtype.element_ty == tl.float16:  # saturate, as reference.saturate_float16 (NaN kept)
+        values = tl.where(values == values, tl.minimum(tl.maximum(values, -FLOAT16_MAX), FLOAT16_MAX), values)
     tl.store(out + offsets, values.to(out.dtype.element_ty), mask=valid[:, None] & (offsets < numel))
 
 

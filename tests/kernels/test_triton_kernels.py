@@ -80,6 +80,25 @@ def test_kernels_match_reference_and_bound(device, world, dtype, distribution, n
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_float16_sum_pushed_past_the_maximum_saturates(device):
+    """Every exact sum is below 65504, but INT2 codes round rank 0's 0.76 M up to 0.9 M (its group's levels are
+    0, 0.3, 0.6, 0.9 M) while rank 1's 0.2 M is exact: the reduced value is 1.1 M. It comes back as the largest
+    half, within the bound, not as inf."""
+    top = reference.FLOAT16_MAX
+    rank0, rank1 = torch.zeros(64), torch.zeros(64)
+    rank0[1], rank0[2], rank1[1], rank1[3] = 0.76 * top, 0.9 * top, 0.2 * top, 0.3 * top
+    inputs = [rank0.to(torch.float16), rank1.to(torch.float16)]
+    exact = torch.stack([x.double() for x in inputs]).sum(0)
+    assert torch.all(exact < top)
+    for impl in (reference, _triton()):
+        run, layout = simulate(impl, [x.to(device) for x in inputs], 2, 2, 32, False)
+        out = run.outputs[0].cpu()
+        assert torch.isfinite(out).all() and out[1] == top, impl.__name__
+        bound = pipeline_error_bound([s.cpu() for s in run.sent], run.gathered.cpu(), layout, 2, torch.float16, out)
+        assert torch.all((out.double() - exact).abs() <= bound.double())
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("bad", [float("inf"), float("nan")])
 def test_kernels_keep_non_finite_non_finite(device, bad):
     inputs = [torch.randn(3000), torch.randn(3000)]
