@@ -5,8 +5,9 @@ link mode and world size by `benchmarks/fit_cost_model.py` into `cost_table.json
 Without CUDA graphs a rewritten all-reduce also costs the host time its transport adds to Inductor's NCCL call
 (HOST_US), which the GPU waits for when the model is small: it is added to the flashcomm line there. "auto" rewrites
 an all-reduce only where the flashcomm line lies at least SAFETY below NCCL's, so a misprediction of a few percent
-cannot make it slower; where the table has no entry for the hardware it falls back to the `min_bytes` threshold. The decision
-depends only on the message size, the config and the hardware, which every rank shares, so every rank agrees.
+cannot make it slower; where the table has no entry for the hardware it falls back to the `min_bytes` threshold.
+The decision depends only on the message size, the config and the hardware, which every rank shares, so every rank
+agrees.
 """
 
 from __future__ import annotations

@@ -93,8 +93,7 @@ def _row(graph: int, report: SiteReport, config: FlashCommConfig) -> SiteRow:
                   decision="rewritten" if report.rewritten else "kept", reason=report.reason,
                   transport=report.decision.transport, transport_reason=report.decision.transport_reason)
     if guards.eligibility(site) is None:
-        layout = PayloadLayout(site.numel, site.world_size, config.reduce_bits, config.group_size,
-                               config.spike_reserve)
+        layout = PayloadLayout.of(site.numel, site.world_size, config)
         reduce_bytes = layout.chunk_bytes * site.world_size
         gather_bytes = layout.with_bits(config.gather_bits).chunk_bytes * site.world_size
         row.reduce_payload_bytes, row.gather_payload_bytes = _size(reduce_bytes), _size(gather_bytes)

@@ -50,8 +50,7 @@ class NcclPipeline:
     world_size: int
 
     def layout(self, numel) -> PayloadLayout:
-        return PayloadLayout(numel, self.world_size, self.config.reduce_bits, self.config.group_size,
-                             self.config.spike_reserve)
+        return PayloadLayout.of(numel, self.world_size, self.config)
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         validate_dtype(x.dtype)
@@ -96,7 +95,7 @@ class SymmetricPipeline:
     table_address: int  # the workspace's address table (symmetric.Workspace)
     rank: int
 
-    def layouts(self, numel):
+    def layout(self, numel):
         from .symmetric import SymmetricLayout
 
         return SymmetricLayout.of(numel, self.world_size, self.config)
@@ -104,7 +103,7 @@ class SymmetricPipeline:
     def quantize(self, x: torch.Tensor, after: torch.Tensor, token: torch.Tensor) -> None:
         from .kernels import triton_kernels
 
-        layout = self.layouts(x.numel())
+        layout = self.layout(x.numel())
         triton_kernels.quantize_symm(x, self.table_address, self.rank, layout.stride, layout.payload, after, token)
 
     def barrier(self, token: torch.Tensor) -> None:
@@ -115,7 +114,7 @@ class SymmetricPipeline:
     def reduce(self, numel, token: torch.Tensor) -> None:
         from .kernels import triton_kernels
 
-        layout = self.layouts(numel)
+        layout = self.layout(numel)
         chunk = layout.stride * self.rank if self.rank else 0  # rank 0's: a plain 0, not a symbolic 0 * stride
         triton_kernels.dequant_sum_requant_peers(self.table_address, chunk, layout.reduced_offset, self.rank,
                                                  layout.payload, self.config.gather_bits, token)
@@ -123,7 +122,7 @@ class SymmetricPipeline:
     def dequantize(self, like: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
         from .kernels import triton_kernels
 
-        layout = self.layouts(like.numel())
+        layout = self.layout(like.numel())
         return triton_kernels.dequantize_peers(self.table_address, layout.reduced_offset, layout.reduced, like.dtype,
                                                like.shape, token)
 

@@ -42,8 +42,7 @@ class SymmetricLayout:
 
     @classmethod
     def of(cls, numel, world_size: int, config: FlashCommConfig) -> "SymmetricLayout":
-        return cls(PayloadLayout(numel, world_size, config.reduce_bits, config.group_size, config.spike_reserve),
-                   config.gather_bits)
+        return cls(PayloadLayout.of(numel, world_size, config), config.gather_bits)
 
     @property
     def stride(self) -> int:

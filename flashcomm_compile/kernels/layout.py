@@ -80,5 +80,10 @@ class PayloadLayout:
     def chunk_bytes(self) -> int:
         return self.codes_bytes + self.groups_per_chunk * self.meta_bytes_per_group
 
+    @classmethod
+    def of(cls, numel, world_size: int, config) -> "PayloadLayout":
+        """The first step's layout for `config` (a FlashCommConfig)."""
+        return cls(numel, world_size, config.reduce_bits, config.group_size, config.spike_reserve)
+
     def with_bits(self, bits: int) -> "PayloadLayout":
         return PayloadLayout(self.numel, self.world_size, bits, self.group_size, self.spike_reserve)

@@ -53,6 +53,7 @@ def _unpack(b, BITS: tl.constexpr, G: tl.constexpr, BLOCK_G: tl.constexpr):
 
 TINY_SCALE: tl.constexpr = tl.constexpr(reference.TINY_SCALE)
 FLOAT16_MAX: tl.constexpr = tl.constexpr(reference.FLOAT16_MAX)
+ADDRESS_SPLIT: tl.constexpr = tl.constexpr(24)  # bits of a workspace address in its low part (`_table`)
 MAGIC: tl.constexpr = tl.constexpr(8388608.0)  # 2^23: a float in [2^23, 2^24) holds an integer in its mantissa bits
 MAGIC_BITS: tl.constexpr = tl.constexpr(0x4B000000)  # the bits of 2^23 as a float32
 
@@ -265,7 +266,7 @@ def _table(table_high, table_low):
     its address: the compiled code passes it as constants, no tensor to look up per call. The address comes in two
     parts (bits 24 and up, bits 0-23), each within int32: Inductor (torch 2.11) fails on larger integer arguments
     under dynamic shapes."""
-    return ((tl.cast(table_high, tl.int64) << 24) + table_low).to(tl.pointer_type(tl.int64))
+    return ((tl.cast(table_high, tl.int64) << ADDRESS_SPLIT) + table_low).to(tl.pointer_type(tl.int64))
 
 
 @triton.jit
@@ -386,12 +387,10 @@ def barrier_kernel(table_high, table_low, rank, token, WORLD: tl.constexpr, LANE
     _mark(token)
 
 
-ADDRESS_SPLIT = 24
-
-
 def _address(table_address: int) -> tuple[int, int]:
     """The two parts `_table` reassembles."""
-    return table_address >> ADDRESS_SPLIT, table_address & ((1 << ADDRESS_SPLIT) - 1)
+    split = ADDRESS_SPLIT.value
+    return table_address >> split, table_address & ((1 << split) - 1)
 
 
 def _launch(name: str, group_size: int) -> tuple[int, int]:
