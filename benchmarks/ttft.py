@@ -43,9 +43,12 @@ def _time_each_input(label: str, fn, inputs, shapes, name: str, rank: int, devic
 
 def _decisions(compiled) -> list[str]:
     """What the pass decided in each graph it compiled for a variant (a symbolic size compiles once per side of a
-    threshold): "rewritten N of M (transport)" or the reason it kept them."""
+    threshold): "rewritten N of M (transport)", the reason it kept them, or that the cache served the graph."""
     out = []
     for record in compiled.flashcomm_backend.records:
+        if record.from_cache:
+            out.append("from Inductor's cache")
+            continue
         done = record.rewritten()
         kept = {s.reason for s in record.sites if not s.rewritten}
         transports = ",".join(sorted({s.decision.transport for s in done}))

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
+from torch._dynamo.utils import counters
 from torch._inductor import config as inductor_config
 from torch._inductor import list_mode_options
 from torch._inductor.compile_fx import compile_fx, compile_fx_inner
@@ -20,8 +21,9 @@ INDUCTOR_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no
 
 
 class FlashCommBackend:
-    """A configured backend. `records` lists what the pass did to each graph it compiled (not on cache hits); with
-    `keep_code` they hold the graph's code before and after the pass too. A `post_grad_custom_post_pass` the user
+    """A configured backend. `records` lists what the pass did to each graph it compiled, and each graph Inductor's
+    caches served instead (`from_cache`, no sites); with `keep_code` they hold the graph's code before and after the
+    pass too. A `post_grad_custom_post_pass` the user
     set in Inductor's config runs first, then flashcomm's."""
 
     def __init__(self, config: FlashCommConfig | None = None, *, inductor_mode: str | None = None,
@@ -46,7 +48,11 @@ class FlashCommBackend:
         both = self.graph_pass if self._user_pass is None else ComposedPass(self._user_pass, self.graph_pass)
         patches = {**(list_mode_options(self.inductor_mode) if self.inductor_mode else {}),
                    "post_grad_custom_post_pass": both}
-        return compile_fx(gm, example_inputs, inner_compile=self._inner_compile, config_patches=patches)
+        hits, records = _cache_hits(), len(self.records)
+        compiled = compile_fx(gm, example_inputs, inner_compile=self._inner_compile, config_patches=patches)
+        if len(self.records) == records and _cache_hits() > hits:
+            self.graph_pass.served_from_cache()
+        return compiled
 
     def _inner_compile(self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any], **kwargs: Any):
         # Chosen per graph: compile_fx re-applies its patches to the lazily compiled backward graph too.
@@ -57,6 +63,11 @@ class FlashCommBackend:
 
     def __repr__(self) -> str:
         return f"FlashCommBackend({self.config.describe()}, inductor_mode={self.inductor_mode!r})"
+
+
+def _cache_hits() -> int:
+    """Graphs AOTAutograd's or Inductor's FX graph cache served in this process so far (on a hit no pass runs)."""
+    return counters["aot_autograd"]["autograd_cache_hit"] + counters["inductor"]["fxgraph_cache_hit"]
 
 
 def backend(**options: Any) -> FlashCommBackend:

@@ -1,11 +1,15 @@
-"""Shared test set-up: Triton's interpreter on machines without CUDA, and hypothesis profiles.
+"""Shared test set-up: Triton's interpreter on machines without CUDA, no graph cache, and hypothesis profiles.
 
 TRITON_INTERPRET must be set before any @triton.jit function is defined, hence here, before the package is imported.
 """
 
 import os
 
-import torch
+# Each test sees the pass run: Inductor's FX graph cache (and AOTAutograd's, which needs it) is off unless a test
+# turns it on, or a graph another test compiled would come back from the cache with no record of its rewrite.
+os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE_DEFAULT", "0")
+
+import torch  # noqa: E402
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -46,12 +46,14 @@ log = logging.getLogger(__name__)
 @dataclass
 class GraphRecord:
     """One run of the pass: a report per all-reduce, what is left in the graph, and the graph's code before and after
-    (only where asked for: `keep_code`)."""
+    (only where asked for: `keep_code`). A graph Inductor's caches served was compiled by an earlier run: its
+    record is `from_cache`, with no sites, since the pass did not run on it."""
 
     before: str | None
     after: str | None
     sites: list[SiteReport] = field(default_factory=list)
     op_counts: Counter = field(default_factory=Counter)  # call_function targets left in the graph, by name
+    from_cache: bool = False
 
     def rewritten(self) -> list[SiteReport]:
         return [s for s in self.sites if s.rewritten]
@@ -119,6 +121,12 @@ class FlashCommPass(CustomGraphPass):
         ops = Counter(op_name(n) for n in graph.nodes if n.op == "call_function")
         self.records.append(GraphRecord(before, _graph_code(graph) if self.keep_code else None, sites, ops))
         _log(sites)
+
+    def served_from_cache(self) -> None:
+        """Inductor's caches handed back a graph this pass rewrote in an earlier compile: say so, not nothing."""
+        self.records.append(GraphRecord(None, None, from_cache=True))
+        log.info("flashcomm: graph served from Inductor's cache; its all-reduces are as an earlier compile rewrote "
+                 "them (set torch.compiler.config.force_disable_caches to see the pass decide again)")
 
     def uuid(self) -> bytes | None:
         if self.config.transport != "nccl" and torch.cuda.is_available():

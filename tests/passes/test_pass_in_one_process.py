@@ -110,3 +110,16 @@ def test_graph_code_is_kept_only_when_asked():
     torch._dynamo.reset()
     kept = _compile(fn, torch.randn(8, 128), mode="always", keep_code=True)
     assert "all_reduce" in kept.records[0].before and "all_to_all_single" in kept.records[0].after
+
+
+def test_a_graph_the_cache_serves_is_recorded_as_such():
+    """On a cache hit the pass does not run: the record says so instead of listing nothing."""
+    from torch._inductor.utils import fresh_cache
+
+    fn = lambda x: funcol.all_reduce(x + 1, "sum", dist.group.WORLD)  # noqa: E731
+    with fresh_cache(), inductor_config.patch(fx_graph_cache=True):
+        first = _compile(fn, torch.randn(8, 128), mode="always")
+        torch._dynamo.reset()
+        second = _compile(fn, torch.randn(8, 128), mode="always")
+    assert [(r.from_cache, len(r.rewritten())) for r in first.records] == [(False, 1)]
+    assert [(r.from_cache, r.sites) for r in second.records] == [(True, [])]
