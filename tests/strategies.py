@@ -1,6 +1,6 @@
 """Hypothesis strategies for activations as TP all-reduces see them: normal values, outlier channels, constant
-groups, all zeros, magnitudes near the dtype's maximum (with headroom so the exact sum stays finite), tiny values,
-values around the smallest normal number."""
+groups, all zeros, magnitudes near the dtype's maximum (with headroom, or up to it: groups spanning -max..max; the
+exact sum stays finite), tiny values, values around the smallest normal number."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 BITS = (2, 4, 8)
 GROUP_SIZES = (32, 64, 128, 256, 512, 1024)
-DISTRIBUTIONS = ("normal", "outliers", "constant_groups", "zeros", "huge", "tiny", "subnormal")
+DISTRIBUTIONS = ("normal", "outliers", "constant_groups", "zeros", "huge", "full_range", "tiny", "subnormal")
 
 
 # one all-reduce of W ranks' activations through the pipeline: @given(**PIPELINE_CASES)
@@ -38,6 +38,8 @@ def make_activation(numel: int, dtype: torch.dtype, distribution: str, seed: int
         x = torch.zeros(numel, dtype=torch.float64)
     elif distribution == "huge":
         x = x / x.abs().max().clamp_min(1e-30) * (torch.finfo(dtype).max / (2 * world_size))
+    elif distribution == "full_range":  # groups spanning -max..max of the dtype over all ranks; finite exact sums
+        x = x / x.abs().max().clamp_min(1e-30) * (torch.finfo(dtype).max / world_size)
     elif distribution == "tiny":
         x = x * 1e-6
     elif distribution == "subnormal":  # around the smallest normal number: scales far below 2^-100, subnormal values

@@ -2,7 +2,7 @@
 
 For a group with stored scale s, every non-spike value is reproduced within s/2 (spike values exactly), plus a
 float32 slack of a few units in the last place of the group's magnitude for the rounding of the scale, of x - zero
-and of code * scale + zero (the kernels may contract the latter into an FMA). The whole pipeline is then bounded by
+and of code * scale + zero (computed in float64). Saturation only moves a value towards a finite exact result. The whole pipeline is then bounded by
 the sum over ranks of the first step's bounds, the float32 summation, the second step's bound and the final cast.
 """
 
@@ -19,8 +19,9 @@ FLOAT32_SLACK = 8 * torch.finfo(torch.float32).eps
 def group_error_bound(q: QuantizedGroups, bits: int) -> torch.Tensor:
     """Per-element bound [n, G] on |x - dequantized x| for the groups `q` encodes."""
     levels = (1 << bits) - 1
-    magnitude = q.zero.abs() + levels * q.scale
-    per_group = q.scale / 2 + FLOAT32_SLACK * magnitude
+    scale = q.scale.double()  # float64: a group spanning float32's range has a magnitude beyond it
+    magnitude = q.zero.double().abs() + levels * scale
+    per_group = scale / 2 + FLOAT32_SLACK * magnitude
     bound = per_group[:, None].expand(-1, q.codes.shape[1]).clone()
     if q.hi is not None:
         column = torch.arange(bound.shape[1], device=bound.device)[None, :]
@@ -42,10 +43,10 @@ def pipeline_error_bound(sent: list[torch.Tensor], gathered: torch.Tensor, layou
     uint8 [W, chunk_bytes']; output: the dequantized result, whose rounding to `dtype` is the last term.
     """
     step1 = sum(payload_error_bound(p, layout) for p in sent)
-    magnitude = sum(dequantize_groups(decode(p, layout)).abs().reshape(-1) for p in sent)
+    magnitude = sum(dequantize_groups(decode(p, layout)).double().abs().reshape(-1) for p in sent)
     summation = len(sent) * torch.finfo(torch.float32).eps * magnitude
     step2 = payload_error_bound(gathered, layout.with_bits(gather_bits))
     n = layout.numel
     finfo = torch.finfo(dtype)
-    cast = output.reshape(-1).to(torch.float32).abs() * finfo.eps + finfo.tiny
+    cast = output.reshape(-1).double().abs() * finfo.eps + finfo.tiny
     return (step1 + summation + step2)[:n] * (1 + finfo.eps) + cast

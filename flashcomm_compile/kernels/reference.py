@@ -3,12 +3,16 @@
 It is the CPU implementation of the custom ops and the oracle of the kernel tests. Per group of G values x:
 
     zero = min(x), scale = max(x)/L - min(x)/L  (L = 2^bits - 1; the split division cannot overflow float32)
-    code = round(clamp((x - zero) * (1 / scale), 0, L)),  value = code * scale + zero
+    code = round(clamp((x - zero) * (1 / scale), 0, L)),  value = fma(code, scale, zero), saturated
 
 round to nearest, ties to even, of the exact product of (x - zero) and the float32 reciprocal (the kernel's FMA with
 2^23 rounds it once); the values of a non-finite group get code L. One correctly rounded reciprocal per group and a
 multiply per value, not a division per value: divisions and float to int conversions run at a quarter of the GPU's
-arithmetic rate. A scale below 2^-100 is scaled by 2^100 first (exactly) so that its reciprocal stays finite.
+arithmetic rate. x - zero is one FMA, fma(x, p, -zero * p), with a power of two p per group: 2^100 where the scale is
+below 2^-100 (so that its reciprocal stays finite), 1/4 where it is above 2^120 (a group spanning more than float32's
+maximum, e.g. -3e38..3e38, whose x - zero would overflow), 1 elsewhere; a power of two changes no rounding. A value
+is one FMA too, so code * scale never overflows on its own, and is saturated at float32's maximum: where the inputs
+and their exact sum are finite, so is every value the pipeline computes (the partial sums are saturated likewise).
 
 With spike reserving the group's first argmax and argmin keep their exact values and min/max are taken over the
 rest. A group holding any inf or NaN gets scale = zero = NaN and no spikes (their index is G, out of range), so all
@@ -26,6 +30,8 @@ from .layout import PayloadLayout
 
 
 TINY_SCALE = 2.0**-100
+HUGE_SCALE = 2.0**120  # above it L * scale may exceed float32's maximum: x - zero is taken at a quarter
+FLOAT32_MAX = torch.finfo(torch.float32).max
 
 
 @dataclass
@@ -67,16 +73,37 @@ def quantize_groups(x: torch.Tensor, bits: int, spike_reserve: bool) -> Quantize
     scale = torch.where(nonfinite, nan, mx / levels - mn / levels)
     zero = torch.where(nonfinite, nan, mn)
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    prescale = torch.where(safe < TINY_SCALE, torch.full_like(safe, 1 / TINY_SCALE), torch.ones_like(safe))
+    prescale = torch.where(safe < TINY_SCALE, 1 / TINY_SCALE, torch.where(safe > HUGE_SCALE, 0.25, 1.0))
     inverse = 1 / (safe * prescale)
-    shifted = (x - zero[:, None]) * prescale[:, None]
+    # the kernel's fma(x, p, -zero * p): exact in float64 but for a far smaller addend, which cannot move the result
+    # across a float32 rounding boundary, so the one rounding to float32 is the FMA's
+    shifted = (x.double() * prescale.double()[:, None] - (zero * prescale).double()[:, None]).float()
     v = shifted.double() * inverse.double()[:, None]  # exact: two 24-bit significands
     codes = torch.where(v == v, v, torch.full_like(v, levels)).clamp(0.0, levels).round().to(torch.int32)
     return QuantizedGroups(codes, scale, zero, hi, lo, hi_index, lo_index)
 
 
+def fma(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """a * b + c for float32 tensors, rounded once, as the kernels' FMA: the product is exact in float64 and the sum
+    is rounded to odd there (TwoSum's error decides the last bit), which then rounds to float32 correctly."""
+    product, addend = a.double() * b.double(), c.double()
+    total = product + addend
+    back = total - product
+    error = (product - (total - back)) + (addend - back)
+    bits = total.view(torch.int64)
+    # an inexact sum with an even last bit steps one unit towards the exact value, to the odd neighbour
+    step = torch.where((error != 0) & ((bits & 1) == 0), torch.where((error > 0) == (total > 0), 1, -1), 0)
+    return (bits + step).view(torch.float64).float()
+
+
+def saturate(values: torch.Tensor, maximum: float = FLOAT32_MAX) -> torch.Tensor:
+    """values clamped to +-maximum, NaN kept: a result whose exact value is finite but that rounding pushed past the
+    largest finite value comes back as that value, not inf."""
+    return torch.where(values.isnan(), values, values.clamp(-maximum, maximum))
+
+
 def dequantize_groups(q: QuantizedGroups) -> torch.Tensor:
-    v = q.codes.to(torch.float32) * q.scale[:, None] + q.zero[:, None]
+    v = saturate(fma(q.codes.to(torch.float32), q.scale[:, None], q.zero[:, None]))
     if q.hi is not None:
         column = torch.arange(v.shape[1], device=v.device)[None, :]
         v = torch.where(column == q.lo_index[:, None], q.lo[:, None], v)
@@ -150,23 +177,16 @@ def dequant_sum_requant(received: torch.Tensor, layout: PayloadLayout, out_bits:
     """uint8 [W, chunk_bytes] (chunk r from every rank) -> fp32 sum requantized at out_bits, uint8 [1, chunk_bytes']."""
     total = torch.zeros(layout.groups_per_chunk, layout.group_size, dtype=torch.float32, device=received.device)
     for source in range(received.shape[0]):
-        total = total + dequantize_groups(decode(received[source : source + 1], layout))
+        total = saturate(total + dequantize_groups(decode(received[source : source + 1], layout)))
     out_layout = layout.with_bits(out_bits)
     return encode(quantize_groups(total, out_bits, layout.spike_reserve), out_layout)
 
 
-FLOAT16_MAX = torch.finfo(torch.float16).max
-
-
-def saturate_float16(values: torch.Tensor) -> torch.Tensor:
-    """float32 values clamped to float16's range (NaN kept): an exact sum below 65504 that the quantization error
-    pushed past it comes back as 65504, not inf."""
-    return torch.where(values.isnan(), values, values.clamp(-FLOAT16_MAX, FLOAT16_MAX))
-
-
 def dequantize(gathered: torch.Tensor, layout: PayloadLayout, dtype: torch.dtype, shape) -> torch.Tensor:
-    """uint8 [W, chunk_bytes] (the requantized chunk of every rank) -> tensor of `dtype` and `shape`."""
+    """uint8 [W, chunk_bytes] (the requantized chunk of every rank) -> tensor of `dtype` and `shape`, saturated at
+    the dtype's largest finite value (an exact sum below 65504 that the quantization error pushed past it comes back
+    as 65504 in float16, not inf)."""
     values = dequantize_groups(decode(gathered, layout)).reshape(-1)[: layout.numel]
-    if dtype == torch.float16:
-        values = saturate_float16(values)
+    if dtype != torch.float32:
+        values = saturate(values, torch.finfo(dtype).max)
     return values.to(dtype).reshape(shape)

@@ -52,7 +52,10 @@ def _unpack(b, BITS: tl.constexpr, G: tl.constexpr, BLOCK_G: tl.constexpr):
 
 
 TINY_SCALE: tl.constexpr = tl.constexpr(reference.TINY_SCALE)
-FLOAT16_MAX: tl.constexpr = tl.constexpr(reference.FLOAT16_MAX)
+HUGE_SCALE: tl.constexpr = tl.constexpr(reference.HUGE_SCALE)
+FLOAT32_MAX: tl.constexpr = tl.constexpr(reference.FLOAT32_MAX)
+FLOAT16_MAX: tl.constexpr = tl.constexpr(torch.finfo(torch.float16).max)
+BFLOAT16_MAX: tl.constexpr = tl.constexpr(torch.finfo(torch.bfloat16).max)
 ADDRESS_SPLIT: tl.constexpr = tl.constexpr(24)  # bits of a workspace address in its low part (`_table`)
 MAGIC: tl.constexpr = tl.constexpr(8388608.0)  # 2^23: a float in [2^23, 2^24) holds an integer in its mantissa bits
 MAGIC_BITS: tl.constexpr = tl.constexpr(0x4B000000)  # the bits of 2^23 as a float32
@@ -75,6 +78,12 @@ def _min_nan(a, b):
 
 
 @triton.jit
+def _saturate(v, MAXIMUM: tl.constexpr):
+    """v clamped to +-MAXIMUM, NaN kept, as reference.saturate."""
+    return _min_nan(_max_nan(v, -MAXIMUM), MAXIMUM)
+
+
+@triton.jit
 def _is_finite(v):
     return tl.abs(v) < float("inf")
 
@@ -86,7 +95,7 @@ def _group_params(mx, mn, nonfinite, LEVELS: tl.constexpr):
     scale = tl.where(nonfinite, float("nan"), tl.math.div_rn(mx, LEVELS) - tl.math.div_rn(mn, LEVELS))
     zero = tl.where(nonfinite, float("nan"), mn)
     safe = tl.where(scale > 0, scale, 1.0)
-    prescale = tl.where(safe < TINY_SCALE, 1.0 / TINY_SCALE, 1.0)
+    prescale = tl.where(safe < TINY_SCALE, 1.0 / TINY_SCALE, tl.where(safe > HUGE_SCALE, 0.25, 1.0))
     inverse = tl.math.div_rn(1.0, safe * prescale)
     return scale, zero, prescale, inverse
 
@@ -169,7 +178,7 @@ def _load_groups(u8, f32, i16, base, group, groups_per_chunk, valid, BITS: tl.co
     meta = start // 4 + group
     scale = tl.load(f32 + meta, mask=valid, other=0.0)
     zero = tl.load(f32 + meta + groups_per_chunk, mask=valid, other=0.0)
-    v = _to_float(q) * scale[:, None] + zero[:, None]
+    v = _saturate(tl.fma(_to_float(q), scale[:, None], zero[:, None]), FLOAT32_MAX)
     if SPIKE:
         column = tl.arange(0, G)[None, :]
         hi = tl.load(f32 + meta + 2 * groups_per_chunk, mask=valid, other=0.0)
@@ -253,7 +262,8 @@ def _dequant_sum_requant(sources, in_offset, out, groups_per_chunk, in_chunk_byt
         else:
             chunk = _peer_chunk(sources, source, in_offset)
         u8, f32, i16 = _views(chunk)
-        total += _load_groups(u8, f32, i16, base, group, groups_per_chunk, valid, IN_BITS, G, SPIKE, BLOCK_G)
+        values = _load_groups(u8, f32, i16, base, group, groups_per_chunk, valid, IN_BITS, G, SPIKE, BLOCK_G)
+        total = _saturate(total + values, FLOAT32_MAX)
     packed, scale, zero, hi, lo, hi_index, lo_index = _quantize_tile(total, OUT_BITS, G, SPIKE, BLOCK_G)
     out_u8, out_f32, out_i16 = _views(out)
     _store_groups(out_u8, out_f32, out_i16, base, group, groups_per_chunk, valid, packed, scale, zero, hi, lo,
@@ -328,8 +338,10 @@ def _dequantize_groups(payload, out, numel, source, group, groups_per_chunk, val
     values = _load_groups(u8, f32, i16, tl.zeros((BLOCK_G,), tl.int64), group, groups_per_chunk, valid, BITS, G,
                           SPIKE, BLOCK_G)
     offsets = (source * groups_per_chunk + group).to(tl.int64)[:, None] * G + tl.arange(0, G)[None, :]
-    if out.dtype.element_ty == tl.float16:  # saturate, as reference.saturate_float16 (NaN kept)
-        values = tl.where(values == values, tl.minimum(tl.maximum(values, -FLOAT16_MAX), FLOAT16_MAX), values)
+    if out.dtype.element_ty == tl.float16:  # saturated at the output dtype's maximum, as reference.dequantize
+        values = _saturate(values, FLOAT16_MAX)
+    elif out.dtype.element_ty == tl.bfloat16:
+        values = _saturate(values, BFLOAT16_MAX)
     tl.store(out + offsets, values.to(out.dtype.element_ty), mask=valid[:, None] & (offsets < numel))
 
 

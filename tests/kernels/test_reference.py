@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
+
 import pytest
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import assume, given, strategies as st
 
 from flashcomm_compile.kernels import reference
 from flashcomm_compile.kernels.bounds import payload_error_bound, pipeline_error_bound
@@ -132,3 +135,37 @@ def test_integer_input_is_rejected_naming_the_dtype():
 def test_payload_bytes_per_group(bits, group_size, spike, expected):
     layout = PayloadLayout(4 * group_size, 2, bits, group_size, spike)
     assert layout.chunk_bytes == 2 * expected
+
+
+def _float32_nearest(exact: Fraction) -> float:
+    """The float32 value nearest to `exact`, ties to even (finite results only)."""
+    first = torch.tensor(float(exact), dtype=torch.float32)
+    candidates = [torch.nextafter(first, torch.tensor(d, dtype=torch.float32)) for d in (-math.inf, math.inf)]
+    best = min([first, *candidates], key=lambda c: (abs(Fraction(c.item()) - exact),
+                                                    c.view(torch.int32).item() & 1))
+    return best.item()
+
+
+_float32s = st.floats(width=32, allow_nan=False, allow_infinity=False)
+
+
+@given(code=st.integers(0, 255), scale=_float32s, zero=_float32s, tiny=st.integers(-60, 0))
+def test_fma_rounds_once(code, scale, zero, tiny):
+    """reference.fma is the kernels' FMA: a * b + c rounded once to float32, also where float64 would round the
+    sum first to a float32 halfway point (a tiny addend beside a product with more than 24 bits)."""
+    zero = zero * 2.0**tiny  # far smaller than the product often: the double-rounding case
+    a, b, c = (torch.tensor([v], dtype=torch.float32) for v in (float(code), scale, zero))
+    c_value = c.item()
+    exact = Fraction(code) * Fraction(b.item()) + Fraction(c_value)
+    assume(abs(exact) <= Fraction(reference.FLOAT32_MAX))
+    assert reference.fma(a, b, c).item() == _float32_nearest(exact)
+
+
+def test_fma_rounds_a_halfway_product_by_its_tiny_addend():
+    """3 * (1 + 2^-23) lies halfway between two float32 values, 3 + 2^-22 and 3 + 2^-21; a tiny negative addend
+    decides it downwards, where float64 would first round the sum to the halfway point and then to even, upwards."""
+    a, b, c = (torch.tensor([v], dtype=torch.float32) for v in (3.0, 1 + 2.0**-23, -(2.0**-60)))
+    twice_rounded = torch.tensor(3 + 3 * 2.0**-23 - 2.0**-60, dtype=torch.float64).float().item()
+    assert twice_rounded == 3 + 2.0**-21
+    exact = Fraction(3) * Fraction(b.item()) - Fraction(2.0**-60)
+    assert reference.fma(a, b, c).item() == 3 + 2.0**-22 == _float32_nearest(exact)

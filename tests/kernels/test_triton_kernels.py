@@ -79,23 +79,48 @@ def test_kernels_match_reference_and_bound(device, world, dtype, distribution, n
         assert torch.all((difference <= 2 * bound.double()) | (out.isnan() & expected.outputs[0].isnan()))
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_float16_sum_pushed_past_the_maximum_saturates(device):
-    """Every exact sum is below 65504, but INT2 codes round rank 0's 0.76 M up to 0.9 M (its group's levels are
-    0, 0.3, 0.6, 0.9 M) while rank 1's 0.2 M is exact: the reduced value is 1.1 M. It comes back as the largest
-    half, within the bound, not as inf."""
-    top = reference.FLOAT16_MAX
-    rank0, rank1 = torch.zeros(64), torch.zeros(64)
-    rank0[1], rank0[2], rank1[1], rank1[3] = 0.76 * top, 0.9 * top, 0.2 * top, 0.3 * top
-    inputs = [rank0.to(torch.float16), rank1.to(torch.float16)]
+def _finite_and_within_bound(device, inputs, reduce_bits, gather_bits, spike=False):
+    """Both implementations' outputs, each checked finite and within the bound of the (finite) exact sum."""
     exact = torch.stack([x.double() for x in inputs]).sum(0)
-    assert torch.all(exact < top)
+    assert torch.all(exact.abs() <= torch.finfo(inputs[0].dtype).max)
+    outputs = []
     for impl in (reference, _triton()):
-        run, layout = simulate(impl, [x.to(device) for x in inputs], 2, 2, 32, False)
+        run, layout = simulate(impl, [x.to(device) for x in inputs], reduce_bits, gather_bits, 32, spike)
         out = run.outputs[0].cpu()
-        assert torch.isfinite(out).all() and out[1] == top, impl.__name__
-        bound = pipeline_error_bound([s.cpu() for s in run.sent], run.gathered.cpu(), layout, 2, torch.float16, out)
-        assert torch.all((out.double() - exact).abs() <= bound.double())
+        assert torch.isfinite(out).all(), impl.__name__
+        bound = pipeline_error_bound([s.cpu() for s in run.sent], run.gathered.cpu(), layout, gather_bits,
+                                     inputs[0].dtype, out)
+        assert torch.all((out.double() - exact).abs() <= bound.double()), impl.__name__
+        outputs.append(out)
+    return outputs
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_a_sum_pushed_past_the_maximum_saturates(device, dtype):
+    """Every exact sum is below the dtype's maximum M, but INT2 codes round rank 0's 0.76 M up to 0.9 M (its group's
+    levels are 0, 0.3, 0.6, 0.9 M) while rank 1's 0.2 M is exact: the reduced value is 1.1 M (beyond float32's range
+    for float32 and bfloat16 inputs). It comes back as M, within the bound, not as inf."""
+    top = torch.finfo(dtype).max
+    rank0, rank1 = torch.zeros(64, dtype=torch.float64), torch.zeros(64, dtype=torch.float64)
+    rank0[1], rank0[2], rank1[1], rank1[3] = 0.76 * top, 0.9 * top, 0.2 * top, 0.3 * top
+    for out in _finite_and_within_bound(device, [rank0.to(dtype), rank1.to(dtype)], 2, 2):
+        assert out[1] == top
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("spike", [False, True])
+def test_groups_spanning_the_whole_float32_range_stay_finite(device, dtype, bits, spike):
+    """Each of rank 0's groups holds values of both signs up to 0.99 M (M: the dtype's maximum), so x - zero and
+    code * scale exceed float32's range; rank 1's values are small. Every value comes back finite and within the
+    bound."""
+    top = torch.finfo(dtype).max
+    signs = torch.tensor([1.0, -1.0], dtype=torch.float64).repeat(48)
+    rank0 = signs * torch.linspace(0.01 * top, 0.99 * top, 96, dtype=torch.float64)
+    rank1 = torch.linspace(-1.0, 1.0, 96, dtype=torch.float64)
+    _finite_and_within_bound(device, [rank0.to(dtype), rank1.to(dtype)], bits, bits, spike)
 
 
 @pytest.mark.parametrize("device", DEVICES)
