@@ -17,6 +17,7 @@ MAX_CHUNKS = 64
 SUPPORTED_GROUP_SIZES = (32, 64, 128, 256, 512, 1024)
 REWRITE_MODES = ("auto", "always", "never")
 TRANSPORTS = ("auto", "nccl", "symm_mem")
+ROTATIONS = ("none", "hadamard")
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,10 @@ class FlashCommConfig:
     gather_bits: bit width of the requantized sum sent in the all-gather step (its error is not averaged away).
     group_size: consecutive elements sharing one scale and zero.
     spike_reserve: keep each group's largest and smallest value exactly (Flash Communication v2), for 2-bit codes.
+        With rotation, the extremes of the rotated group.
+    rotation: "hadamard" quantizes each group after a Walsh-Hadamard transform (normalized by the group size), which
+        spreads an outlier over its group; the sum is taken in the rotated domain and the last dequantize rotates
+        back. Same bytes on the wire. "none" quantizes the values as they are.
     mode: "auto" rewrites where the size decision says it pays, "always" every eligible all-reduce, "never" none.
     min_bytes: in "auto" on hardware the cost table does not know, all-reduces smaller than this many bytes keep the
         plain collective. 16 MiB, above the break-evens measured on H100 and H200 (docs/results.md).
@@ -48,6 +53,7 @@ class FlashCommConfig:
     gather_bits: int = 8
     group_size: int = 128
     spike_reserve: bool = False
+    rotation: str = "none"
     mode: str = "auto"
     min_bytes: int = 16 << 20
     backward: bool = False
@@ -60,6 +66,7 @@ class FlashCommConfig:
             _check_choice(name, getattr(self, name), SUPPORTED_BITS)
         _check_choice("group_size", self.group_size, SUPPORTED_GROUP_SIZES)
         _check_choice("mode", self.mode, REWRITE_MODES)
+        _check_choice("rotation", self.rotation, ROTATIONS)
         for name in ("spike_reserve", "backward"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
@@ -86,10 +93,12 @@ class FlashCommConfig:
     @property
     def variant(self) -> str:
         """The quantization and transport, as the benchmarks and the cost table name it: "INT2+spike/INT4 g32",
-        "INT4/INT8 g128 symm_mem" (transport "auto" is named once chosen: `with_transport`)."""
+        "INT4/INT8 g128 symm_mem", "INT4/INT8 g128 hadamard" (transport "auto" is named once chosen:
+        `with_transport`)."""
         spike = "+spike" if self.spike_reserve else ""
+        rotation = " hadamard" if self.rotation == "hadamard" else ""
         transport = " symm_mem" if self.transport == "symm_mem" else ""
-        return f"INT{self.reduce_bits}{spike}/INT{self.gather_bits} g{self.group_size}{transport}"
+        return f"INT{self.reduce_bits}{spike}/INT{self.gather_bits} g{self.group_size}{rotation}{transport}"
 
     def with_transport(self, transport: str) -> "FlashCommConfig":
         return dataclasses.replace(self, transport=transport)

@@ -146,13 +146,13 @@ class SimulatedAllReduce:
 
 
 def simulate(impl, inputs: list[torch.Tensor], reduce_bits: int, gather_bits: int, group_size: int,
-             spike_reserve: bool) -> tuple[SimulatedAllReduce, PayloadLayout]:
+             spike_reserve: bool, rotate: bool = False) -> tuple[SimulatedAllReduce, PayloadLayout]:
     """The NCCL transport's stages for W = len(inputs) simulated ranks in one process, through one kernel
     implementation (`reference` or `triton_kernels`), the collectives done by indexing: the tests' oracle and the
     demo's error estimate."""
     world = len(inputs)
     x0 = inputs[0]
-    layout = PayloadLayout(x0.numel(), world, reduce_bits, group_size, spike_reserve)
+    layout = PayloadLayout(x0.numel(), world, reduce_bits, group_size, spike_reserve, rotate)
     sent = [impl.quantize(x, layout) for x in inputs]
     reduced = [impl.dequant_sum_requant(torch.stack([p[rank] for p in sent]), layout, gather_bits)
                for rank in range(world)]

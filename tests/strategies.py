@@ -17,7 +17,8 @@ DISTRIBUTIONS = ("normal", "outliers", "constant_groups", "zeros", "huge", "full
 PIPELINE_CASES = dict(
     world=st.integers(1, 8), dtype=st.sampled_from(DTYPES), distribution=st.sampled_from(DISTRIBUTIONS),
     numel=st.integers(1, 2500), seed=st.integers(0, 2**31 - 1), reduce_bits=st.sampled_from(BITS),
-    gather_bits=st.sampled_from(BITS), group_size=st.sampled_from(GROUP_SIZES), spike=st.booleans())
+    gather_bits=st.sampled_from(BITS), group_size=st.sampled_from(GROUP_SIZES), spike=st.booleans(),
+    rotate=st.booleans())
 
 
 def interpreter_misreads(device: str, dtype: torch.dtype, distribution: str) -> bool:

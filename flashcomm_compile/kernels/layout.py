@@ -13,6 +13,7 @@ Sizes may be SymInts: the same arithmetic serves fake tensors under torch.compil
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -47,6 +48,7 @@ class PayloadLayout:
     bits: int
     group_size: int
     spike_reserve: bool
+    rotate: bool = False  # the groups are quantized after a Hadamard transform (the bytes are laid out alike)
 
     def __post_init__(self) -> None:
         validate(self.world_size, self.bits, self.group_size)
@@ -83,7 +85,8 @@ class PayloadLayout:
     @classmethod
     def of(cls, numel, world_size: int, config) -> "PayloadLayout":
         """The first step's layout for `config` (a FlashCommConfig)."""
-        return cls(numel, world_size, config.reduce_bits, config.group_size, config.spike_reserve)
+        return cls(numel, world_size, config.reduce_bits, config.group_size, config.spike_reserve,
+                   config.rotation == "hadamard")
 
     def with_bits(self, bits: int) -> "PayloadLayout":
-        return PayloadLayout(self.numel, self.world_size, bits, self.group_size, self.spike_reserve)
+        return dataclasses.replace(self, bits=bits)

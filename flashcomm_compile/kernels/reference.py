@@ -14,6 +14,12 @@ maximum, e.g. -3e38..3e38, whose x - zero would overflow), 1 elsewhere; a power 
 is one FMA too, so code * scale never overflows on its own, and is saturated at float32's maximum: where the inputs
 and their exact sum are finite, so is every value the pipeline computes (the partial sums are saturated likewise).
 
+With rotation each group x is quantized as y = H x / G (H: the +-1 Walsh-Hadamard matrix of the group size, G the
+group size; `hadamard`), which spreads an outlier over its group. H is symmetric and H H = G I, so the last dequantize
+gives back H y. The transform is linear: the ranks' rotated groups sum to the rotated sum, and the dequantize-sum-
+requantize runs unchanged in the rotated domain. Scaling by 1/G first keeps every butterfly's sum within the inputs'
+magnitude (no overflow), and the dequantize scales by 1/G before its butterflies and by G after (then saturates).
+
 With spike reserving the group's first argmax and argmin keep their exact values and min/max are taken over the
 rest. A group holding any inf or NaN gets scale = zero = NaN and no spikes (their index is G, out of range), so all
 of it dequantizes to NaN: a non-finite input never turns into a finite wrong output. A constant group gets scale 0
@@ -164,13 +170,33 @@ def decode(payload: torch.Tensor, layout: PayloadLayout) -> QuantizedGroups:
     return QuantizedGroups(codes, **meta)
 
 
+def hadamard(groups: torch.Tensor) -> torch.Tensor:
+    """H x / G for each row x of float32 [n, G], as the kernels compute it: x / G, then log2(G) butterfly stages of
+    constant geometry (stage: y[2i] = x[i] + x[i + G/2], y[2i + 1] = x[i] - x[i + G/2]), which give the natural
+    (Sylvester) order. Every partial sum is an average of at most G inputs: no stage can overflow."""
+    n, size = groups.shape
+    x = groups * (1.0 / size)
+    for _ in range(size.bit_length() - 1):
+        top, bottom = x[:, : size // 2], x[:, size // 2 :]
+        x = torch.stack([top + bottom, top - bottom], dim=2).reshape(n, size)
+    return x
+
+
+def unrotate(groups: torch.Tensor) -> torch.Tensor:
+    """The inverse of `hadamard`: H y = G * (H y / G), saturated (the quantization error may push a value past
+    float32's maximum)."""
+    return saturate(hadamard(groups) * float(groups.shape[1]))
+
+
 def quantize(x: torch.Tensor, layout: PayloadLayout) -> torch.Tensor:
     """Any-shape x -> uint8 [world_size, chunk_bytes], chunk r destined for rank r."""
     flat = x.reshape(-1).to(torch.float32)
     padded = torch.zeros(layout.padded_numel, dtype=torch.float32, device=x.device)
     padded[: flat.numel()] = flat
-    groups = quantize_groups(padded.reshape(-1, layout.group_size), layout.bits, layout.spike_reserve)
-    return encode(groups, layout)
+    groups = padded.reshape(-1, layout.group_size)
+    if layout.rotate:
+        groups = hadamard(groups)
+    return encode(quantize_groups(groups, layout.bits, layout.spike_reserve), layout)
 
 
 def dequant_sum_requant(received: torch.Tensor, layout: PayloadLayout, out_bits: int) -> torch.Tensor:
@@ -186,7 +212,10 @@ def dequantize(gathered: torch.Tensor, layout: PayloadLayout, dtype: torch.dtype
     """uint8 [W, chunk_bytes] (the requantized chunk of every rank) -> tensor of `dtype` and `shape`, saturated at
     the dtype's largest finite value (an exact sum below 65504 that the quantization error pushed past it comes back
     as 65504 in float16, not inf)."""
-    values = dequantize_groups(decode(gathered, layout)).reshape(-1)[: layout.numel]
+    values = dequantize_groups(decode(gathered, layout))
+    if layout.rotate:
+        values = unrotate(values)
+    values = values.reshape(-1)[: layout.numel]
     if dtype != torch.float32:
         values = saturate(values, torch.finfo(dtype).max)
     return values.to(dtype).reshape(shape)

@@ -84,6 +84,19 @@ def _saturate(v, MAXIMUM: tl.constexpr):
 
 
 @triton.jit
+def _hadamard(x, G: tl.constexpr, BLOCK_G: tl.constexpr):
+    """H x / G for each row of x [BLOCK_G, G], as reference.hadamard: x / G, then log2(G) constant-geometry
+    butterflies (y[2i] = x[i] + x[i + G/2], y[2i + 1] = x[i] - x[i + G/2])."""
+    x = x * (1.0 / G)
+    for stage in tl.static_range(10):
+        if (2 << stage) <= G:
+            halves = tl.permute(tl.reshape(x, (BLOCK_G, 2, G // 2)), (0, 2, 1))
+            top, bottom = tl.split(halves)
+            x = tl.reshape(tl.join(top + bottom, top - bottom), (BLOCK_G, G))
+    return x
+
+
+@triton.jit
 def _is_finite(v):
     return tl.abs(v) < float("inf")
 
@@ -209,8 +222,8 @@ def _views(payload):
 
 @triton.jit
 def _quantize(x, payload, numel, total_groups, groups_per_chunk, chunk_bytes, BITS: tl.constexpr, G: tl.constexpr,
-              SPIKE: tl.constexpr, BLOCK_G: tl.constexpr):
-    """Spike reserving takes whole groups as one tile (argmax). Otherwise each group is read in parts of 32 values,
+              SPIKE: tl.constexpr, ROTATE: tl.constexpr, BLOCK_G: tl.constexpr):
+    """Spike reserving (argmax) and rotation take whole groups as one tile. Otherwise each group is read in parts of 32 values,
     each part as its own [BLOCK_G, 32] tile: 4 threads share a group rather than 16, so the per-group work (the
     reductions' shuffles, three divisions) is repeated on 4 threads, and each thread holds a group's parts side by
     side. Each part is read twice: for min/max, then for its codes."""
@@ -218,9 +231,11 @@ def _quantize(x, payload, numel, total_groups, groups_per_chunk, chunk_bytes, BI
     group = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
     valid = group < total_groups
     base = (group // groups_per_chunk).to(tl.int64) * chunk_bytes
-    if SPIKE:
+    if SPIKE or ROTATE:
         offsets = group.to(tl.int64)[:, None] * G + tl.arange(0, G)[None, :]
         values = tl.load(x + offsets, mask=offsets < numel, other=0.0).to(tl.float32)
+        if ROTATE:
+            values = _hadamard(values, G, BLOCK_G)
         packed, scale, zero, hi, lo, hi_index, lo_index = _quantize_tile(values, BITS, G, SPIKE, BLOCK_G)
         _store_groups(u8, f32, i16, base, group % groups_per_chunk, groups_per_chunk, valid, packed, scale, zero, hi,
                       lo, hi_index, lo_index, BITS, G, SPIKE)
@@ -296,17 +311,18 @@ def _mark(token):
 
 @triton.jit
 def quantize_kernel(x, payload, numel, total_groups, groups_per_chunk, chunk_bytes, BITS: tl.constexpr,
-                    G: tl.constexpr, SPIKE: tl.constexpr, BLOCK_G: tl.constexpr):
-    _quantize(x, payload, numel, total_groups, groups_per_chunk, chunk_bytes, BITS, G, SPIKE, BLOCK_G)
+                    G: tl.constexpr, SPIKE: tl.constexpr, ROTATE: tl.constexpr, BLOCK_G: tl.constexpr):
+    _quantize(x, payload, numel, total_groups, groups_per_chunk, chunk_bytes, BITS, G, SPIKE, ROTATE, BLOCK_G)
 
 
 @triton.jit
 def quantize_symm_kernel(x, table_high, table_low, rank, after, token, numel, total_groups, groups_per_chunk,
-                         stride, BITS: tl.constexpr, G: tl.constexpr, SPIKE: tl.constexpr, BLOCK_G: tl.constexpr):
+                         stride, BITS: tl.constexpr, G: tl.constexpr, SPIKE: tl.constexpr, ROTATE: tl.constexpr,
+                         BLOCK_G: tl.constexpr):
     """quantize_kernel writing into this rank's symmetric buffer, chunk c at c * stride. `after` (not read) is the
     token of the all-reduce before it on this workspace: the graph orders this kernel after that one's last."""
     _quantize(x, _peer_chunk(_table(table_high, table_low), rank, 0), numel, total_groups, groups_per_chunk, stride,
-              BITS, G, SPIKE, BLOCK_G)
+              BITS, G, SPIKE, ROTATE, BLOCK_G)
     _mark(token)
 
 
@@ -332,11 +348,13 @@ def dequant_sum_requant_peers_kernel(table_high, table_low, in_offset, out_offse
 
 @triton.jit
 def _dequantize_groups(payload, out, numel, source, group, groups_per_chunk, valid, BITS: tl.constexpr,
-                       G: tl.constexpr, SPIKE: tl.constexpr, BLOCK_G: tl.constexpr):
-    """Groups `group` of chunk `source` (at `payload`) into their place in `out`."""
+                       G: tl.constexpr, SPIKE: tl.constexpr, ROTATE: tl.constexpr, BLOCK_G: tl.constexpr):
+    """Groups `group` of chunk `source` (at `payload`) into their place in `out` (rotated back: reference.unrotate)."""
     u8, f32, i16 = _views(payload)
     values = _load_groups(u8, f32, i16, tl.zeros((BLOCK_G,), tl.int64), group, groups_per_chunk, valid, BITS, G,
                           SPIKE, BLOCK_G)
+    if ROTATE:
+        values = _saturate(_hadamard(values, G, BLOCK_G) * G, FLOAT32_MAX)
     offsets = (source * groups_per_chunk + group).to(tl.int64)[:, None] * G + tl.arange(0, G)[None, :]
     if out.dtype.element_ty == tl.float16:  # saturated at the output dtype's maximum, as reference.dequantize
         values = _saturate(values, FLOAT16_MAX)
@@ -347,25 +365,25 @@ def _dequantize_groups(payload, out, numel, source, group, groups_per_chunk, val
 
 @triton.jit
 def dequantize_kernel(payload, out, numel, groups_per_chunk, chunk_bytes, WORLD: tl.constexpr, BITS: tl.constexpr,
-                      G: tl.constexpr, SPIKE: tl.constexpr, BLOCK_G: tl.constexpr):
+                      G: tl.constexpr, SPIKE: tl.constexpr, ROTATE: tl.constexpr, BLOCK_G: tl.constexpr):
     """Program p handles block p // W of chunk p % W, as dequantize_peers_kernel does."""
     source = tl.program_id(0) % WORLD
     group = tl.program_id(0) // WORLD * BLOCK_G + tl.arange(0, BLOCK_G)
     _dequantize_groups(payload + source.to(tl.int64) * chunk_bytes, out, numel, source, group, groups_per_chunk,
-                       group < groups_per_chunk, BITS, G, SPIKE, BLOCK_G)
+                       group < groups_per_chunk, BITS, G, SPIKE, ROTATE, BLOCK_G)
 
 
 @triton.jit
 def dequantize_peers_kernel(table_high, table_low, in_offset, out, token, numel, groups_per_chunk,
                             WORLD: tl.constexpr, BITS: tl.constexpr, G: tl.constexpr, SPIKE: tl.constexpr,
-                            BLOCK_G: tl.constexpr):
+                            ROTATE: tl.constexpr, BLOCK_G: tl.constexpr):
     """dequantize_kernel reading chunk c straight from rank c's buffer (the all-gather folded into the loads).
     Program p handles block p // W of chunk p % W: consecutive programs read different ranks, so the local chunk's
     loads (HBM) and the peers' (NVLink) run side by side rather than one after the other."""
     source = tl.program_id(0) % WORLD
     group = tl.program_id(0) // WORLD * BLOCK_G + tl.arange(0, BLOCK_G)
     _dequantize_groups(_peer_chunk(_table(table_high, table_low), source, in_offset), out, numel, source, group,
-                       groups_per_chunk, group < groups_per_chunk, BITS, G, SPIKE, BLOCK_G)
+                       groups_per_chunk, group < groups_per_chunk, BITS, G, SPIKE, ROTATE, BLOCK_G)
     _mark(token)
 
 
@@ -418,7 +436,7 @@ def quantize(x: torch.Tensor, layout: PayloadLayout) -> torch.Tensor:
     block, warps = _launch("quantize", layout.group_size)
     wrap_triton(quantize_kernel)[(triton.cdiv(total_groups, block),)](
         x.contiguous(), out, x.numel(), total_groups, layout.groups_per_chunk, layout.chunk_bytes, BITS=layout.bits,
-        G=layout.group_size, SPIKE=layout.spike_reserve, BLOCK_G=block, num_warps=warps)
+        G=layout.group_size, SPIKE=layout.spike_reserve, ROTATE=layout.rotate, BLOCK_G=block, num_warps=warps)
     return out
 
 
@@ -437,8 +455,8 @@ def dequantize(gathered: torch.Tensor, layout: PayloadLayout, dtype: torch.dtype
     block, warps = _launch("dequantize", layout.group_size)
     wrap_triton(dequantize_kernel)[(triton.cdiv(layout.groups_per_chunk, block) * layout.world_size,)](
         gathered.contiguous(), out, layout.numel, layout.groups_per_chunk, layout.chunk_bytes,
-        WORLD=layout.world_size, BITS=layout.bits, G=layout.group_size, SPIKE=layout.spike_reserve, BLOCK_G=block,
-        num_warps=warps)
+        WORLD=layout.world_size, BITS=layout.bits, G=layout.group_size, SPIKE=layout.spike_reserve,
+        ROTATE=layout.rotate, BLOCK_G=block, num_warps=warps)
     return out
 
 
@@ -450,8 +468,8 @@ def quantize_symm(x: torch.Tensor, table_address: int, rank: int, stride: int, l
     block, warps = _launch("quantize", layout.group_size)
     wrap_triton(quantize_symm_kernel)[(triton.cdiv(total_groups, block),)](
         x.contiguous(), *_address(table_address), rank, after, token, x.numel(), total_groups,
-        layout.groups_per_chunk, stride,
-        BITS=layout.bits, G=layout.group_size, SPIKE=layout.spike_reserve, BLOCK_G=block, num_warps=warps)
+        layout.groups_per_chunk, stride, BITS=layout.bits, G=layout.group_size, SPIKE=layout.spike_reserve,
+        ROTATE=layout.rotate, BLOCK_G=block, num_warps=warps)
 
 
 def dequant_sum_requant_peers(table_address: int, in_offset: int, out_offset: int, rank: int, layout: PayloadLayout,
@@ -472,7 +490,8 @@ def dequantize_peers(table_address: int, offset: int, layout: PayloadLayout, dty
     block, warps = _launch("dequantize_peers", layout.group_size)
     wrap_triton(dequantize_peers_kernel)[(triton.cdiv(layout.groups_per_chunk, block) * layout.world_size,)](
         *_address(table_address), offset, out, token, layout.numel, layout.groups_per_chunk, WORLD=layout.world_size,
-        BITS=layout.bits, G=layout.group_size, SPIKE=layout.spike_reserve, BLOCK_G=block, num_warps=warps)
+        BITS=layout.bits, G=layout.group_size, SPIKE=layout.spike_reserve, ROTATE=layout.rotate, BLOCK_G=block,
+        num_warps=warps)
     return out
 
 

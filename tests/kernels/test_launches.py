@@ -33,18 +33,20 @@ def test_every_kernel_has_a_launch_that_holds_whole_groups():
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="Triton on CPU needs TRITON_INTERPRET=1")
-@pytest.mark.parametrize("launch, reduce_bits, group_size, spike", [
-    (Launch(1024, 4), 4, 128, False), (Launch(8192, 8), 8, 32, False), (Launch(8192, 8), 2, 32, True)])
-def test_a_launch_changes_how_groups_are_split_not_the_bytes(monkeypatch, launch, reduce_bits, group_size, spike):
+@pytest.mark.parametrize("launch, reduce_bits, group_size, spike, rotate", [
+    (Launch(1024, 4), 4, 128, False, False), (Launch(8192, 8), 8, 32, False, False),
+    (Launch(8192, 8), 2, 32, True, False), (Launch(1024, 4), 4, 128, False, True)])
+def test_a_launch_changes_how_groups_are_split_not_the_bytes(monkeypatch, launch, reduce_bits, group_size, spike,
+                                                             rotate):
     """Every kernel at another launch gives the bytes of the default launch (and of the reference, for the payloads;
     the interpreter's bf16 output rounding is checked in test_triton_kernels). 3000 values per rank leave a partial
     last program and a partial group."""
     inputs = [make_activation(3000, torch.bfloat16, "outliers", seed) for seed in range(2)]
-    default, _ = simulate(triton_kernels, inputs, reduce_bits, 8, group_size, spike)
+    default, _ = simulate(triton_kernels, inputs, reduce_bits, 8, group_size, spike, rotate)
     for kernel in ("quantize", "dequant_sum_requant", "dequantize"):
         monkeypatch.setitem(LAUNCH, kernel, launch)
-    got, _ = simulate(triton_kernels, inputs, reduce_bits, 8, group_size, spike)
-    want, _ = simulate(reference, inputs, reduce_bits, 8, group_size, spike)
+    got, _ = simulate(triton_kernels, inputs, reduce_bits, 8, group_size, spike, rotate)
+    want, _ = simulate(reference, inputs, reduce_bits, 8, group_size, spike, rotate)
     assert all(torch.equal(a, b) and torch.equal(a, c) for a, b, c in zip(got.sent, default.sent, want.sent))
     assert torch.equal(got.gathered, default.gathered) and torch.equal(got.gathered, want.gathered)
     assert torch.equal(got.outputs[0].view(torch.int16), default.outputs[0].view(torch.int16))

@@ -28,10 +28,10 @@ INTERPRETED_EXAMPLES = 10
           else settings.default.max_examples)
 @given(**PIPELINE_CASES)
 def test_peer_kernels_give_the_all_to_all_paths_bytes(device, world, dtype, distribution, numel, seed, reduce_bits,
-                                                      gather_bits, group_size, spike):
+                                                      gather_bits, group_size, spike, rotate):
     assume(not interpreter_misreads(device, dtype, distribution))
     inputs = [make_activation(numel, dtype, distribution, seed + r, world).to(device) for r in range(world)]
-    expected, layout = simulate(triton_kernels, inputs, reduce_bits, gather_bits, group_size, spike)
+    expected, layout = simulate(triton_kernels, inputs, reduce_bits, gather_bits, group_size, spike, rotate)
     symmetric = SymmetricLayout(layout, gather_bits)
     buffers = [torch.full((symmetric.total_bytes,), 0xAB, dtype=torch.uint8, device=device) for _ in inputs]
     pads = [0] * world  # the barrier's signal pads: not read by these kernels

@@ -10,7 +10,7 @@ import torch
 from hypothesis import assume, given, strategies as st
 
 from flashcomm_compile.kernels import reference
-from flashcomm_compile.kernels.bounds import payload_error_bound, pipeline_error_bound
+from flashcomm_compile.kernels.bounds import group_l2_error_bound, payload_error_bound, pipeline_error_bound
 from flashcomm_compile.kernels.layout import PayloadLayout
 from flashcomm_compile.pipeline import simulate
 from tests.strategies import BITS, DISTRIBUTIONS, DTYPES, GROUP_SIZES, activations, make_activation
@@ -50,17 +50,24 @@ def test_spike_reserving_keeps_each_group_extremes_exactly(x, bits, group_size):
 
 @given(world=st.integers(1, 8), dtype=st.sampled_from(DTYPES), distribution=st.sampled_from(DISTRIBUTIONS),
        numel=st.integers(1, 2500), seed=st.integers(0, 2**31 - 1), reduce_bits=st.sampled_from(BITS),
-       gather_bits=st.sampled_from(BITS), group_size=st.sampled_from(GROUP_SIZES), spike=st.booleans())
+       gather_bits=st.sampled_from(BITS), group_size=st.sampled_from(GROUP_SIZES), spike=st.booleans(),
+       rotate=st.booleans())
 def test_pipeline_matches_float64_sum_within_summed_bound(world, dtype, distribution, numel, seed, reduce_bits,
-                                                          gather_bits, group_size, spike):
+                                                          gather_bits, group_size, spike, rotate):
+    """Per element and per group (L2: with rotation, sqrt(G) times the rotated group's bound, far tighter than the
+    per-element bound summed over the group)."""
     inputs = [make_activation(numel, dtype, distribution, seed + r, world) for r in range(world)]
-    run, layout = simulate(reference, inputs, reduce_bits, gather_bits, group_size, spike)
+    run, layout = simulate(reference, inputs, reduce_bits, gather_bits, group_size, spike, rotate)
     exact = torch.stack([x.double() for x in inputs]).sum(0)
     out = run.outputs[0]
     assert out.dtype == dtype and out.shape == inputs[0].shape
     bound = pipeline_error_bound(run.sent, run.gathered, layout, gather_bits, dtype, out).double()
     error = (out.double() - exact).abs()
     assert torch.all(error <= bound), f"max excess {(error - bound).max().item()}"
+    padded = torch.zeros(layout.padded_numel, dtype=torch.float64)
+    padded[:numel] = error.reshape(-1).nan_to_num(0.0)  # a NaN error is a non-finite group's, checked above
+    l2 = group_l2_error_bound(run.sent, run.gathered, layout, gather_bits, dtype, out)
+    assert torch.all(padded.reshape(-1, group_size).norm(dim=1) <= l2.nan_to_num(float("inf")))
     for other in run.outputs[1:]:
         assert torch.equal(other.view(torch.uint8) if dtype != torch.float32 else other, out.view(torch.uint8)
                            if dtype != torch.float32 else out)
@@ -141,7 +148,8 @@ def _float32_nearest(exact: Fraction) -> float:
     """The float32 value nearest to `exact`, ties to even (finite results only)."""
     first = torch.tensor(float(exact), dtype=torch.float32)
     candidates = [torch.nextafter(first, torch.tensor(d, dtype=torch.float32)) for d in (-math.inf, math.inf)]
-    best = min([first, *candidates], key=lambda c: (abs(Fraction(c.item()) - exact),
+    finite = [c for c in (first, *candidates) if math.isfinite(c.item())]
+    best = min(finite, key=lambda c: (abs(Fraction(c.item()) - exact),
                                                     c.view(torch.int32).item() & 1))
     return best.item()
 

@@ -59,11 +59,11 @@ def _same_payload(a: torch.Tensor, b: torch.Tensor, layout, device: str) -> bool
 @pytest.mark.parametrize("device", DEVICES)
 @given(**PIPELINE_CASES)
 def test_kernels_match_reference_and_bound(device, world, dtype, distribution, numel, seed, reduce_bits,
-                                           gather_bits, group_size, spike):
+                                           gather_bits, group_size, spike, rotate):
     assume(not interpreter_misreads(device, dtype, distribution))
     inputs = [make_activation(numel, dtype, distribution, seed + r, world) for r in range(world)]
-    expected, layout = simulate(reference, inputs, reduce_bits, gather_bits, group_size, spike)
-    got, _ = simulate(_triton(), [x.to(device) for x in inputs], reduce_bits, gather_bits, group_size, spike)
+    expected, layout = simulate(reference, inputs, reduce_bits, gather_bits, group_size, spike, rotate)
+    got, _ = simulate(_triton(), [x.to(device) for x in inputs], reduce_bits, gather_bits, group_size, spike, rotate)
     for sent, ref in zip(got.sent, expected.sent):
         assert _same_payload(sent, ref, layout, device)
     out = got.outputs[0].cpu()
@@ -125,12 +125,18 @@ def test_groups_spanning_the_whole_float32_range_stay_finite(device, dtype, bits
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("bad", [float("inf"), float("nan")])
-def test_kernels_keep_non_finite_non_finite(device, bad):
+@pytest.mark.parametrize("rotate", [False, True])
+def test_kernels_keep_non_finite_non_finite(device, bad, rotate):
+    """A non-finite input never comes back finite; rotated, it spreads over its group, which comes back all NaN."""
     inputs = [torch.randn(3000), torch.randn(3000)]
     inputs[1][1234] = bad
-    got, _ = simulate(_triton(), [x.to(device) for x in inputs], 4, 8, 128, True)
-    value = got.outputs[0][1234].item()
+    got, _ = simulate(_triton(), [x.to(device) for x in inputs], 4, 8, 128, True, rotate)
+    out = got.outputs[0].cpu()
+    value = out[1234].item()
     assert value != value or abs(value) == float("inf")
+    if rotate:
+        group = 1234 // 128 * 128
+        assert out[group : group + 128].isnan().all() and torch.isfinite(out[:group]).all()
 
 
 @pytest.mark.parametrize("device", DEVICES)
