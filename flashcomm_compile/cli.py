@@ -14,7 +14,7 @@ import os
 import sys
 import traceback
 
-from .config import REWRITE_MODES, SUPPORTED_BITS, SUPPORTED_GROUP_SIZES, TRANSPORTS, FlashCommConfig
+from .config import REWRITE_MODES, ROTATIONS, SUPPORTED_BITS, SUPPORTED_GROUP_SIZES, TRANSPORTS, FlashCommConfig
 from .cost_model import known_hardware
 from .kernels.layout import MAX_WORLD_SIZE
 
@@ -38,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--group-size", type=int, choices=SUPPORTED_GROUP_SIZES, default=128,
                    help="values per scale and zero")
     p.add_argument("--spike-reserve", action="store_true", help="keep each group's extremes exactly")
+    p.add_argument("--rotation", choices=ROTATIONS, default=FlashCommConfig.rotation,
+                   help="quantize each group after a Hadamard transform (spreads outliers)")
     p.add_argument("--mode", choices=REWRITE_MODES, default="auto", help="which all-reduces to rewrite")
     p.add_argument("--min-bytes", type=int, default=FlashCommConfig.min_bytes,
                    help='"auto" on hardware the cost model has not measured: rewrite from this size')
@@ -97,8 +99,8 @@ def _inspect(args: argparse.Namespace) -> str:
         raise UsageError(f"--world-size must be in [1, {MAX_WORLD_SIZE}], got {args.world_size}")
     _check_output(args.out)
     options = dict(reduce_bits=args.reduce_bits, gather_bits=args.gather_bits, group_size=args.group_size,
-                   spike_reserve=args.spike_reserve, mode=args.mode, min_bytes=args.min_bytes, chunks=args.chunks,
-                   transport=args.transport, cuda_graphs=True if args.cuda_graphs else None)
+                   spike_reserve=args.spike_reserve, rotation=args.rotation, mode=args.mode, min_bytes=args.min_bytes,
+                   chunks=args.chunks, transport=args.transport, cuda_graphs=True if args.cuda_graphs else None)
     try:
         FlashCommConfig(**options)
     except ValueError as e:

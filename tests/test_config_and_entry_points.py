@@ -15,6 +15,7 @@ from flashcomm_compile.passes.engine import FlashCommPass
     ("spike_reserve", 1), ("backward", "yes"), ("reduce_bits", True), ("chunks", 0), ("chunks", 65), ("chunks", True),
     ("transport", "nvshmem"), ("transport", None), ("cuda_graphs", "yes"), ("cuda_graphs", 1),
     ("reduce_bits", 4.0), ("gather_bits", 8.0), ("group_size", 128.0), ("chunks", 2.0), ("min_bytes", 1.0),
+    ("rotation", "random"), ("rotation", True), ("rotation", None),
 ])
 def test_invalid_config_value_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):
@@ -27,6 +28,7 @@ def test_symm_mem_transport_runs_one_pipeline():
     with pytest.raises(ValueError, match="chunks must be 1 with transport 'symm_mem'"):
         FlashCommConfig(transport="symm_mem", chunks=4)
     assert FlashCommConfig(transport="symm_mem").variant == "INT4/INT8 g128 symm_mem"
+    assert FlashCommConfig(transport="symm_mem", rotation="hadamard").variant == "INT4/INT8 g128 hadamard symm_mem"
 
 
 def test_unknown_option_is_named():
@@ -45,7 +47,7 @@ def test_uuid_covers_the_config(monkeypatch):
     assert FlashCommPass(FlashCommConfig(transport="nccl")).uuid() == base
     for change in (dict(reduce_bits=8), dict(gather_bits=4), dict(group_size=64), dict(spike_reserve=True),
                    dict(mode="always"), dict(min_bytes=0), dict(backward=True), dict(chunks=2),
-                   dict(transport="auto"), dict(cuda_graphs=True)):
+                   dict(transport="auto"), dict(cuda_graphs=True), dict(rotation="hadamard")):
         assert FlashCommPass(FlashCommConfig(**{"transport": "nccl", **change})).uuid() != base, change
     # code rewritten for symm_mem holds this process's workspace addresses: never cached where it may be chosen
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

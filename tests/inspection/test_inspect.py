@@ -151,6 +151,8 @@ def test_cli_json_and_exit_codes(tmp_path):
         assert len(errors) == 1 and message in errors[0], (target, done.stderr)
         assert "Traceback" not in done.stderr
     assert "Traceback" in _cli("tests.inspection.factories:raises", "--verbose").stderr
+    done = _cli("tests.inspection.factories:mixed", "--rotation", "hadamard", "--mode", "always")
+    assert done.returncode == 0 and "INT4/INT8 g128 hadamard mode=always" in done.stdout, done.stderr
     done = _cli("tests.inspection.factories:mixed", "--chunks", "0")
     assert done.returncode == 2 and "flashcomm-compile: error: chunks must be an int" in done.stderr
     done = _cli("tests.inspection.factories:mixed", "--transport", "symm_mem", "--chunks", "2")

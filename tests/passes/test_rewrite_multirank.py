@@ -55,7 +55,8 @@ def _single_site(rank, world):
     results = []
     cases = [(torch.float32, dict(reduce_bits=4, gather_bits=8), (48, 320)),
              (torch.bfloat16, dict(reduce_bits=2, gather_bits=4, spike_reserve=True, group_size=32), (7, 33)),
-             (torch.float16, dict(reduce_bits=8, gather_bits=8, group_size=1024), (3, 2048))]
+             (torch.float16, dict(reduce_bits=8, gather_bits=8, group_size=1024), (3, 2048)),
+             (torch.bfloat16, dict(reduce_bits=4, gather_bits=8, rotation="hadamard", group_size=64), (5, 96))]
     for dtype, config, shape in cases:
         torch.manual_seed(100 + rank)
         x = torch.randn(shape, dtype=dtype)
@@ -69,7 +70,8 @@ def _single_site(rank, world):
             out, code = run_and_get_code(compiled, x)
         inputs = _everyone(x * 2)
         run, layout = simulate(reference, inputs, config["reduce_bits"], config["gather_bits"],
-                               config.get("group_size", 128), config.get("spike_reserve", False))
+                               config.get("group_size", 128), config.get("spike_reserve", False),
+                               config.get("rotation") == "hadamard")
         exact = torch.stack([t.double() for t in inputs]).sum(0) + 1
         bound = pipeline_error_bound(run.sent, run.gathered, layout, config["gather_bits"], dtype, run.outputs[0])
         # `+ 1` is one more rounding to dtype
@@ -86,7 +88,7 @@ def _single_site(rank, world):
 
 def test_single_all_reduce_rewritten_exactly_and_within_bound():
     ranks = run_ranks(2, _single_site)
-    for case in range(3):
+    for case in range(len(ranks[0])):
         got, expected = ranks[0][case]["counts"]
         assert got == expected
         # lowered, not called: the collectives are Inductor's own, no flashcomm op behind the dispatcher
