@@ -30,17 +30,24 @@ CONFIGS = {
     "INT2+spike/INT4": dict(reduce_bits=2, gather_bits=4, spike_reserve=True),
 }
 GROUP_SIZES = (32, 128, 512)
+ROTATIONS = ("none", "hadamard")
 
 
 def sentences() -> list[str]:
     return [line.strip() for line in SENTENCES.read_text().splitlines() if line.strip()]
 
 
-def _compiled(model: nn.Module, group_size: int, config: dict):
+def _variants(configs: dict, group_sizes, rotations):
+    """(config name, group size, rotation, backend options) of every variant measured."""
+    return [(name, group, rotation, dict(config, group_size=group, rotation=rotation))
+            for name, config in configs.items() for group in group_sizes for rotation in rotations]
+
+
+def _compiled(model: nn.Module, options: dict):
     import flashcomm_compile
 
     torch._dynamo.reset()  # a fresh compile per config: dynamo's recompile limit would silently fall back to eager
-    return torch.compile(model, backend=flashcomm_compile.backend(mode="always", group_size=group_size, **config))
+    return torch.compile(model, backend=flashcomm_compile.backend(mode="always", **options))
 
 
 def _progress(rank: int, row: dict) -> None:
@@ -55,21 +62,22 @@ def nearest_neighbours(embeddings: torch.Tensor) -> torch.Tensor:
     return similarity.argmax(1)
 
 
-def minilm_rank(rank: int, world: int, configs: dict, group_sizes, texts: list[str]) -> list[dict]:
+def minilm_rank(rank: int, world: int, configs: dict, group_sizes, texts: list[str],
+                rotations=ROTATIONS) -> list[dict]:
     device = rank_device(rank)
     model = minilm.shard_with_funcol(minilm.load(), rank, world, dist.group.WORLD).to(device)
     ids, mask = (t.to(device) for t in minilm.tokenize(texts))
     rows = []
     with torch.no_grad():
         exact = model(ids, mask).float()
-        for name, config in configs.items():
-            for group_size in group_sizes:
-                out = _compiled(model, group_size, config)(ids, mask).float()
-                cosine = (out * exact).sum(-1) / (out.norm(dim=-1) * exact.norm(dim=-1))
-                agree = (nearest_neighbours(out) == nearest_neighbours(exact)).float().mean()
-                rows.append(dict(model="MiniLM-L6", config=name, group=group_size, mean_cosine=cosine.mean().item(),
-                                 min_cosine=cosine.min().item(), nn_agreement=agree.item()))
-                _progress(rank, rows[-1])
+        for name, group_size, rotation, options in _variants(configs, group_sizes, rotations):
+            out = _compiled(model, options)(ids, mask).float()
+            cosine = (out * exact).sum(-1) / (out.norm(dim=-1) * exact.norm(dim=-1))
+            agree = (nearest_neighbours(out) == nearest_neighbours(exact)).float().mean()
+            rows.append(dict(model="MiniLM-L6", config=name, group=group_size, rotation=rotation,
+                             mean_cosine=cosine.mean().item(), min_cosine=cosine.min().item(),
+                             nn_agreement=agree.item()))
+            _progress(rank, rows[-1])
     return rows
 
 
@@ -94,7 +102,7 @@ class OutlierLlama(nn.Module):
         return self.head(self.body(self.embed(tokens)))
 
 
-def llama_rank(rank: int, world: int, configs: dict, group_sizes) -> list[dict]:
+def llama_rank(rank: int, world: int, configs: dict, group_sizes, rotations=ROTATIONS) -> list[dict]:
     device = rank_device(rank)
     shape = llama.LlamaShape(dim=512, n_heads=8, ffn_dim=1408, n_layers=4)
     model = OutlierLlama(shape)
@@ -104,14 +112,13 @@ def llama_rank(rank: int, world: int, configs: dict, group_sizes) -> list[dict]:
     rows = []
     with torch.no_grad():
         exact = model(tokens).float().log_softmax(-1)
-        for name, config in configs.items():
-            for group_size in group_sizes:
-                out = _compiled(model, group_size, config)(tokens).float().log_softmax(-1)
-                kl = (exact.exp() * (exact - out)).sum(-1).mean()
-                top1 = (exact.argmax(-1) == out.argmax(-1)).float().mean()
-                rows.append(dict(model="Llama+outliers", config=name, group=group_size, kl=kl.item(),
-                                 top1_agreement=top1.item()))
-                _progress(rank, rows[-1])
+        for name, group_size, rotation, options in _variants(configs, group_sizes, rotations):
+            out = _compiled(model, options)(tokens).float().log_softmax(-1)
+            kl = (exact.exp() * (exact - out)).sum(-1).mean()
+            top1 = (exact.argmax(-1) == out.argmax(-1)).float().mean()
+            rows.append(dict(model="Llama+outliers", config=name, group=group_size, rotation=rotation, kl=kl.item(),
+                             top1_agreement=top1.item()))
+            _progress(rank, rows[-1])
     return rows
 
 
@@ -128,9 +135,9 @@ def main() -> None:
     env = environment()
     print(f"accuracy against the exact all-reduce, 2 ranks on {backend}, {env['card']}, {env['date']}")
     print(f"MiniLM-L6, {len(texts)} sentences:")
-    print_table(embedding_rows, ["config", "group", "mean_cosine", "min_cosine", "nn_agreement"])
+    print_table(embedding_rows, ["config", "group", "rotation", "mean_cosine", "min_cosine", "nn_agreement"])
     print("Llama-shaped, 4 layers, outlier channels, 512 tokens:")
-    print_table(llm_rows, ["config", "group", "kl", "top1_agreement"])
+    print_table(llm_rows, ["config", "group", "rotation", "kl", "top1_agreement"])
     name = f"accuracy_{backend}_{env['card'].replace(' ', '_')}.json"
     write_json(name, dict(environment=env, sentences=len(texts), minilm=embedding_rows, llama=llm_rows))
 

@@ -53,6 +53,7 @@ FLASHCOMM_VARIANTS = {
     "INT8/INT8 symm_mem": dict(reduce_bits=8, gather_bits=8, transport="symm_mem"),
     "INT4/INT8 symm_mem": dict(reduce_bits=4, gather_bits=8, transport="symm_mem"),
     "INT4/INT4 symm_mem": dict(reduce_bits=4, gather_bits=4, transport="symm_mem"),
+    "INT4/INT8 hadamard symm_mem": dict(reduce_bits=4, gather_bits=8, rotation="hadamard", transport="symm_mem"),
 }
 # also timed without CUDA graphs (host cost)
 NO_GRAPHS = ("nccl eager", "nccl", "symm_mem two-shot", "INT4/INT8", "INT4/INT8 symm_mem", "default options")
@@ -186,7 +187,8 @@ def _first_call_writing_code(name: str, fn, x: torch.Tensor, rank: int) -> None:
     Path(os.environ["OUT"], f"code_{slug}.py").write_text("\n\n# ----\n\n".join(code))
 
 
-QUICK_VARIANTS = ("INT4/INT8", "auto", "INT8/INT8 symm_mem", "INT4/INT8 symm_mem", "INT4/INT4 symm_mem")
+QUICK_VARIANTS = ("INT4/INT8", "auto", "INT8/INT8 symm_mem", "INT4/INT8 symm_mem", "INT4/INT4 symm_mem",
+                  "INT4/INT8 hadamard symm_mem")
 
 
 def _variants(link: str, quick: bool) -> dict[str, dict]:

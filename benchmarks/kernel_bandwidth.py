@@ -26,7 +26,7 @@ from benchmarks.common import environment, print_table, write_json
 
 NUMEL = 32 * 2**20  # 64 MB of bf16
 WORLD = 2
-CONFIGS = [(4, 8, False), (8, 8, False), (2, 8, True)]
+CONFIGS = [(4, 8, False, False), (8, 8, False, False), (2, 8, True, False), (4, 8, False, True)]  # bits, spike, rotate
 SWEEP_ELEMENTS = (2048, 4096, 8192, 16384)
 SWEEP_WARPS = (4, 8)
 
@@ -44,10 +44,10 @@ def load_kernels(path: str):
     return module
 
 
-def _stages(x: torch.Tensor, reduce_bits: int, gather_bits: int, spike: bool,
+def _stages(x: torch.Tensor, reduce_bits: int, gather_bits: int, spike: bool, rotate: bool,
             triton_kernels=triton_kernels) -> list[tuple[str, object, int]]:
     """(kernel name, call, bytes read + written) for the three kernels of one config."""
-    layout = PayloadLayout(x.numel(), WORLD, reduce_bits, 128, spike)
+    layout = PayloadLayout(x.numel(), WORLD, reduce_bits, 128, spike, rotate)
     out_layout = layout.with_bits(gather_bits)
     payload = triton_kernels.quantize(x, layout)
     reduced = triton_kernels.dequant_sum_requant(payload, layout, gather_bits)
@@ -81,7 +81,7 @@ def each_launch(kernel: str):
 
 def sweep(x: torch.Tensor, copy_gbps: float) -> list[dict]:
     rows = []
-    for name, fn, nbytes in _stages(x, 4, 8, False):
+    for name, fn, nbytes in _stages(x, 4, 8, False, False):
         for row in each_launch(name):
             rows.append(row)
             try:
@@ -116,10 +116,12 @@ def main() -> None:
     versions = {"current": triton_kernels}
     if args.baseline:
         versions["baseline"] = load_kernels(args.baseline)
-    for reduce_bits, gather_bits, spike in CONFIGS:
-        label = f"INT{reduce_bits}/INT{gather_bits}{'+spike' if spike else ''}"
+    for reduce_bits, gather_bits, spike, rotate in CONFIGS:
+        label = f"INT{reduce_bits}/INT{gather_bits}{'+spike' if spike else ''}{' hadamard' if rotate else ''}"
         for version, module in versions.items():
-            for name, fn, nbytes in _stages(x, reduce_bits, gather_bits, spike, module):
+            if rotate and version == "baseline":
+                continue  # a baseline from before rotation would not rotate
+            for name, fn, nbytes in _stages(x, reduce_bits, gather_bits, spike, rotate, module):
                 ms = _time(fn)
                 gbps = _gbps(nbytes, ms)
                 rows.append(dict(kernel=name, config=label, version=version, ms=ms, GBps=gbps,
