@@ -125,13 +125,15 @@ def llama_rank(rank: int, world: int, configs: dict, group_sizes, rotations=ROTA
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="2 configs, group 128, 48 sentences")
+    parser.add_argument("--groups", default=",".join(map(str, GROUP_SIZES)), help="group sizes, comma-separated")
     args = parser.parse_args()
     configs = {k: CONFIGS[k] for k in ("INT8/INT8", "INT4/INT8")} if args.quick else CONFIGS
-    groups = (128,) if args.quick else GROUP_SIZES
+    groups = (128,) if args.quick else tuple(int(g) for g in args.groups.split(","))
     texts = sentences()[:48] if args.quick else sentences()
     backend = default_backend(2)
-    embedding_rows = run_ranks(2, minilm_rank, configs, groups, texts, backend=backend)[0]
-    llm_rows = run_ranks(2, llama_rank, configs, groups, backend=backend)[0]
+    hours = 3 * 3600  # a compile per variant: the full sweep takes about an hour on 2 CPU cores
+    embedding_rows = run_ranks(2, minilm_rank, configs, groups, texts, backend=backend, timeout=hours)[0]
+    llm_rows = run_ranks(2, llama_rank, configs, groups, backend=backend, timeout=hours)[0]
     env = environment()
     print(f"accuracy against the exact all-reduce, 2 ranks on {backend}, {env['card']}, {env['date']}")
     print(f"MiniLM-L6, {len(texts)} sentences:")

@@ -25,7 +25,7 @@ env_info() {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   nvidia-smi topo -m | head -8
   python3 -c "import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.nccl.version())"
-  python3 -c "import hypothesis, pytest" 2>/dev/null || pip install -q --no-index --find-links wheels hypothesis pytest
+  python3 -c "import hypothesis, pytest, xdist" 2>/dev/null || pip install -q --no-index --find-links wheels hypothesis pytest
   if [ -f .device/minilm.tar.gz ]; then  # MiniLM weights (benchmarks/pack_minilm.py) for the accuracy stage
     mkdir -p /tmp/minilm && tar -xzf .device/minilm.tar.gz -C /tmp/minilm && export PYTHONPATH=$PYTHONPATH:/tmp/minilm
   fi

@@ -3,8 +3,9 @@ GPU, at 64 MB of bf16 (counting bytes read plus bytes written, as the copy is co
 
     PYTHONPATH=. python -m benchmarks.kernel_bandwidth [--sweep] [--baseline PATH]
 
---sweep also times every candidate launch (elements per program x warps) of each kernel for INT4/INT8 g128 and
-prints the fastest in FLASHCOMM_LAUNCH's syntax, which `flashcomm_compile.kernels.launches.LAUNCH` is then set to.
+--sweep also times every candidate launch (elements per program x warps) of each kernel for INT4/INT8 g128, plain
+and rotated, and prints the fastest plain ones in FLASHCOMM_LAUNCH's syntax, which
+`flashcomm_compile.kernels.launches.LAUNCH` is then set to.
 --baseline times another version of triton_kernels.py (e.g. `git show REV:flashcomm_compile/kernels/triton_kernels.py`
 saved under the ignored .device/) in the same run, beside the current one.
 """
@@ -80,9 +81,14 @@ def each_launch(kernel: str):
 
 
 def sweep(x: torch.Tensor, copy_gbps: float) -> list[dict]:
+    """Every launch of each kernel, plain and (for the kernels rotation changes) rotated."""
     rows = []
-    for name, fn, nbytes in _stages(x, 4, 8, False, False):
+    stages = [(name, fn, nbytes, rotate) for rotate in (False, True)
+              for name, fn, nbytes in _stages(x, 4, 8, False, rotate)
+              if not (rotate and name == "dequant_sum_requant")]
+    for name, fn, nbytes, rotate in stages:
         for row in each_launch(name):
+            row["rotation"] = "hadamard" if rotate else "none"
             rows.append(row)
             try:
                 ms = _time(fn)
@@ -95,10 +101,10 @@ def sweep(x: torch.Tensor, copy_gbps: float) -> list[dict]:
 
 
 def fastest(sweep_rows: list[dict]) -> str:
-    """The fastest launch of each kernel, in FLASHCOMM_LAUNCH's syntax."""
+    """The fastest launch of each kernel without rotation, in FLASHCOMM_LAUNCH's syntax."""
     best = {}
     for row in sweep_rows:
-        if "ms" in row and (row["kernel"] not in best or row["ms"] < best[row["kernel"]]["ms"]):
+        if "ms" in row and row["rotation"] == "none" and (row["kernel"] not in best or row["ms"] < best[row["kernel"]]["ms"]):
             best[row["kernel"]] = row
     return ",".join(f"{name}={row['elements']}x{row['warps']}" for name, row in best.items())
 
@@ -134,7 +140,7 @@ def main() -> None:
     if args.sweep:
         result["sweep"] = sweep(x, copy_gbps)
         print("launch sweep, INT4/INT8 g128:")
-        print_table(result["sweep"], ["kernel", "elements", "warps", "ms", "GBps", "of_copy", "error"])
+        print_table(result["sweep"], ["kernel", "rotation", "elements", "warps", "ms", "GBps", "of_copy", "error"])
         result["fastest"] = fastest(result["sweep"])
         print(f"FLASHCOMM_LAUNCH={result['fastest']}")
     card = env["card"].replace(" ", "_")
