@@ -31,7 +31,7 @@ env_info() {
   fi
 }
 tests() {  # the Triton JIT compiles a specialisation per hypothesis example: give it time and xdist workers
-  HYPOTHESIS_PROFILE=gpu _run gpu_tests "${LIMIT:-450}" python3 -m pytest -q -m gpu -p xdist -n 4 tests ${ARGS:-}
+  HYPOTHESIS_PROFILE=${PROFILE:-gpu} _run gpu_tests "${LIMIT:-450}" python3 -m pytest -q -m gpu -p xdist -n "${WORKERS:-4}" tests ${ARGS:-}
 }
 sweep() {  # times the launch candidates, then exports the fastest as FLASHCOMM_LAUNCH for the stages after it
   _run sweep "${LIMIT:-200}" python3 -m benchmarks.kernel_bandwidth --sweep

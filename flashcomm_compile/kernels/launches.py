@@ -19,8 +19,13 @@ class Launch:
     elements: int
     warps: int
 
-    def block_groups(self, group_size: int) -> int:
-        return max(1, self.elements // group_size)
+    def block_groups(self, group_size: int, group_per_thread: bool = False) -> int:
+        """Groups per program: `elements` worth, or with one group per thread (kernels that need whole groups in
+        registers, groups up to GROUP_PER_THREAD_MAX) one per thread of the program."""
+        return 32 * self.warps if group_per_thread else max(1, self.elements // group_size)
+
+
+GROUP_PER_THREAD_MAX = 128  # larger groups would not fit one thread's registers
 
 
 LAUNCH = {"quantize": Launch(4096, 4), "dequant_sum_requant": Launch(4096, 4), "dequantize": Launch(8192, 4),

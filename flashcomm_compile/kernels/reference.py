@@ -3,7 +3,7 @@
 It is the CPU implementation of the custom ops and the oracle of the kernel tests. Per group of G values x:
 
     zero = min(x), scale = max(x)/L - min(x)/L  (L = 2^bits - 1; the split division cannot overflow float32)
-    code = round(clamp((x - zero) * (1 / scale), 0, L)),  value = fma(code, scale, zero), saturated
+    code = round(clamp((x - zero) * (1 / scale), 0, L)),  value = fma(code, scale, zero)
 
 round to nearest, ties to even, of the exact product of (x - zero) and the float32 reciprocal (the kernel's FMA with
 2^23 rounds it once); the values of a non-finite group get code L. One correctly rounded reciprocal per group and a
@@ -11,14 +11,17 @@ multiply per value, not a division per value: divisions and float to int convers
 arithmetic rate. x - zero is one FMA, fma(x, p, -zero * p), with a power of two p per group: 2^100 where the scale is
 below 2^-100 (so that its reciprocal stays finite), 1/4 where it is above 2^120 (a group spanning more than float32's
 maximum, e.g. -3e38..3e38, whose x - zero would overflow), 1 elsewhere; a power of two changes no rounding. A value
-is one FMA too, so code * scale never overflows on its own, and is saturated at float32's maximum: where the inputs
-and their exact sum are finite, so is every value the pipeline computes (the partial sums are saturated likewise).
+is one FMA too, so code * scale never overflows on its own; where a group's top value fma(L, scale, zero) would
+round past float32's maximum, its scale is taken smaller by 2^-20 (one check per group, so no value needs a clamp:
+every value lies between zero and a finite top). The sum of the ranks' values is saturated at float32's maximum and
+the output at its dtype's: where the inputs and their exact sum are finite, so is every value the pipeline computes.
 
 With rotation each group x is quantized as y = H x / G (H: the +-1 Walsh-Hadamard matrix of the group size, G the
 group size; `hadamard`), which spreads an outlier over its group. H is symmetric and H H = G I, so the last dequantize
 gives back H y. The transform is linear: the ranks' rotated groups sum to the rotated sum, and the dequantize-sum-
 requantize runs unchanged in the rotated domain. Scaling by 1/G first keeps every butterfly's sum within the inputs'
-magnitude (no overflow), and the dequantize scales by 1/G before its butterflies and by G after (then saturates).
+magnitude (no overflow), and the dequantize scales by 1/G before its butterflies and by G after (the output then
+saturates at its dtype's maximum).
 
 With spike reserving the group's first argmax and argmin keep their exact values and min/max are taken over the
 rest. A group holding any inf or NaN gets scale = zero = NaN and no spikes (their index is G, out of range), so all
@@ -38,6 +41,7 @@ from .layout import PayloadLayout
 TINY_SCALE = 2.0**-100
 HUGE_SCALE = 2.0**120  # above it L * scale may exceed float32's maximum: x - zero is taken at a quarter
 FLOAT32_MAX = torch.finfo(torch.float32).max
+SHRINK = 1.0 - 2.0**-20  # a scale whose top value overflows is taken this much smaller: the top then stays finite
 
 
 @dataclass
@@ -78,6 +82,9 @@ def quantize_groups(x: torch.Tensor, bits: int, spike_reserve: bool) -> Quantize
     nan = torch.full_like(mn, float("nan"))
     scale = torch.where(nonfinite, nan, mx / levels - mn / levels)
     zero = torch.where(nonfinite, nan, mn)
+    # L * scale may exceed mx - mn by a few units in the last place: at float32's edge the top value would overflow
+    top = fma(torch.full_like(scale, levels), scale, zero)
+    scale = torch.where(top.isinf(), scale * SHRINK, scale)
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
     prescale = torch.where(safe < TINY_SCALE, 1 / TINY_SCALE, torch.where(safe > HUGE_SCALE, 0.25, 1.0))
     inverse = 1 / (safe * prescale)
@@ -109,7 +116,7 @@ def saturate(values: torch.Tensor, maximum: float = FLOAT32_MAX) -> torch.Tensor
 
 
 def dequantize_groups(q: QuantizedGroups) -> torch.Tensor:
-    v = saturate(fma(q.codes.to(torch.float32), q.scale[:, None], q.zero[:, None]))
+    v = fma(q.codes.to(torch.float32), q.scale[:, None], q.zero[:, None])  # between zero and a finite top
     if q.hi is not None:
         column = torch.arange(v.shape[1], device=v.device)[None, :]
         v = torch.where(column == q.lo_index[:, None], q.lo[:, None], v)
@@ -183,9 +190,9 @@ def hadamard(groups: torch.Tensor) -> torch.Tensor:
 
 
 def unrotate(groups: torch.Tensor) -> torch.Tensor:
-    """The inverse of `hadamard`: H y = G * (H y / G), saturated (the quantization error may push a value past
-    float32's maximum)."""
-    return saturate(hadamard(groups) * float(groups.shape[1]))
+    """The inverse of `hadamard`: H y = G * (H y / G). The quantization error may push a value past float32's
+    maximum: `dequantize` saturates it."""
+    return hadamard(groups) * float(groups.shape[1])
 
 
 def quantize(x: torch.Tensor, layout: PayloadLayout) -> torch.Tensor:
@@ -203,7 +210,8 @@ def dequant_sum_requant(received: torch.Tensor, layout: PayloadLayout, out_bits:
     """uint8 [W, chunk_bytes] (chunk r from every rank) -> fp32 sum requantized at out_bits, uint8 [1, chunk_bytes']."""
     total = torch.zeros(layout.groups_per_chunk, layout.group_size, dtype=torch.float32, device=received.device)
     for source in range(received.shape[0]):
-        total = saturate(total + dequantize_groups(decode(received[source : source + 1], layout)))
+        total = total + dequantize_groups(decode(received[source : source + 1], layout))
+    total = saturate(total)  # a partial sum past float32's maximum stays infinite (every value is finite) until here
     out_layout = layout.with_bits(out_bits)
     return encode(quantize_groups(total, out_bits, layout.spike_reserve), out_layout)
 
@@ -211,11 +219,10 @@ def dequant_sum_requant(received: torch.Tensor, layout: PayloadLayout, out_bits:
 def dequantize(gathered: torch.Tensor, layout: PayloadLayout, dtype: torch.dtype, shape) -> torch.Tensor:
     """uint8 [W, chunk_bytes] (the requantized chunk of every rank) -> tensor of `dtype` and `shape`, saturated at
     the dtype's largest finite value (an exact sum below 65504 that the quantization error pushed past it comes back
-    as 65504 in float16, not inf)."""
+    as 65504 in float16, not inf; the kernel skips this where it cannot change a value: float32 without rotation)."""
     values = dequantize_groups(decode(gathered, layout))
     if layout.rotate:
         values = unrotate(values)
     values = values.reshape(-1)[: layout.numel]
-    if dtype != torch.float32:
-        values = saturate(values, torch.finfo(dtype).max)
+    values = saturate(values, torch.finfo(dtype).max)
     return values.to(dtype).reshape(shape)

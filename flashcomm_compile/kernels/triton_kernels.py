@@ -18,7 +18,7 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from . import reference
-from .launches import LAUNCH
+from .launches import GROUP_PER_THREAD_MAX, LAUNCH
 from .layout import PayloadLayout
 
 
@@ -54,8 +54,10 @@ def _unpack(b, BITS: tl.constexpr, G: tl.constexpr, BLOCK_G: tl.constexpr):
 TINY_SCALE: tl.constexpr = tl.constexpr(reference.TINY_SCALE)
 HUGE_SCALE: tl.constexpr = tl.constexpr(reference.HUGE_SCALE)
 FLOAT32_MAX: tl.constexpr = tl.constexpr(reference.FLOAT32_MAX)
+SHRINK: tl.constexpr = tl.constexpr(reference.SHRINK)
 FLOAT16_MAX: tl.constexpr = tl.constexpr(torch.finfo(torch.float16).max)
 BFLOAT16_MAX: tl.constexpr = tl.constexpr(torch.finfo(torch.bfloat16).max)
+GROUP_PER_THREAD: tl.constexpr = tl.constexpr(GROUP_PER_THREAD_MAX)
 ADDRESS_SPLIT: tl.constexpr = tl.constexpr(24)  # bits of a workspace address in its low part (`_table`)
 MAGIC: tl.constexpr = tl.constexpr(8388608.0)  # 2^23: a float in [2^23, 2^24) holds an integer in its mantissa bits
 MAGIC_BITS: tl.constexpr = tl.constexpr(0x4B000000)  # the bits of 2^23 as a float32
@@ -102,11 +104,37 @@ def _is_finite(v):
 
 
 @triton.jit
+def _runs(start, WIDTH: tl.constexpr, VEC: tl.constexpr):
+    """Offsets [rows, WIDTH / VEC, VEC] of WIDTH elements from each row's `start`, as runs of VEC (16 bytes). Triton
+    gives a tile of that shape one row per thread (with 32 x warps rows: launches.Launch.block_groups), each run one
+    vector access: a whole group in one thread's registers, so that rotation, min/max and argmax need no data from
+    other threads (a [rows, WIDTH] tile spreads a group over threads, and each butterfly stage then moves it through
+    shared memory)."""
+    return start[:, None, None] + (tl.arange(0, WIDTH // VEC) * VEC)[None, :, None] + tl.arange(0, VEC)[None, None, :]
+
+
+@triton.jit
+def _load_whole_groups(x, group, numel, G: tl.constexpr, BLOCK_G: tl.constexpr):
+    """Groups `group` of x as float32 [BLOCK_G, G]; one group per thread up to GROUP_PER_THREAD values."""
+    start = group.to(tl.int64) * G
+    if G <= GROUP_PER_THREAD:
+        VEC: tl.constexpr = 128 // x.dtype.element_ty.primitive_bitwidth
+        offsets = _runs(start, G, VEC)
+        values = tl.reshape(tl.load(x + offsets, mask=offsets < numel, other=0.0), (BLOCK_G, G))
+    else:
+        offsets = start[:, None] + tl.arange(0, G)[None, :]
+        values = tl.load(x + offsets, mask=offsets < numel, other=0.0)
+    return values.to(tl.float32)
+
+
+@triton.jit
 def _group_params(mx, mn, nonfinite, LEVELS: tl.constexpr):
     """scale and zero as stored, and what each value is multiplied by, per group (row)."""
     # correctly rounded divisions: x / L - y / L may otherwise contract into an FMA, nonzero (even negative) for x == y
     scale = tl.where(nonfinite, float("nan"), tl.math.div_rn(mx, LEVELS) - tl.math.div_rn(mn, LEVELS))
     zero = tl.where(nonfinite, float("nan"), mn)
+    top = tl.fma(tl.full(scale.shape, LEVELS, tl.float32), scale, zero)  # finite once shrunk: no value overflows
+    scale = tl.where(tl.abs(top) == float("inf"), scale * SHRINK, scale)
     safe = tl.where(scale > 0, scale, 1.0)
     prescale = tl.where(safe < TINY_SCALE, 1.0 / TINY_SCALE, tl.where(safe > HUGE_SCALE, 0.25, 1.0))
     inverse = tl.math.div_rn(1.0, safe * prescale)
@@ -183,15 +211,22 @@ def _store_groups(u8, f32, i16, base, group, groups_per_chunk, valid, packed, sc
 
 @triton.jit
 def _load_groups(u8, f32, i16, base, group, groups_per_chunk, valid, BITS: tl.constexpr, G: tl.constexpr,
-                 SPIKE: tl.constexpr, BLOCK_G: tl.constexpr):
+                 SPIKE: tl.constexpr, BLOCK_G: tl.constexpr, PER_THREAD: tl.constexpr = False):
+    """Dequantized groups [BLOCK_G, G]; PER_THREAD: one group per thread (see _runs)."""
     NB: tl.constexpr = G * BITS // 8
-    codes = base[:, None] + group[:, None] * NB + tl.arange(0, NB)[None, :]
-    q = _unpack(tl.load(u8 + codes, mask=valid[:, None], other=0).to(tl.int32), BITS, G, BLOCK_G)
+    if PER_THREAD:
+        VEC: tl.constexpr = 16 if NB > 16 else NB
+        codes = _runs(base + group * NB, NB, VEC)
+        packed = tl.reshape(tl.load(u8 + codes, mask=valid[:, None, None], other=0), (BLOCK_G, NB))
+    else:
+        codes = base[:, None] + group[:, None] * NB + tl.arange(0, NB)[None, :]
+        packed = tl.load(u8 + codes, mask=valid[:, None], other=0)
+    q = _unpack(packed.to(tl.int32), BITS, G, BLOCK_G)
     start = base + groups_per_chunk * NB
     meta = start // 4 + group
     scale = tl.load(f32 + meta, mask=valid, other=0.0)
     zero = tl.load(f32 + meta + groups_per_chunk, mask=valid, other=0.0)
-    v = _saturate(tl.fma(_to_float(q), scale[:, None], zero[:, None]), FLOAT32_MAX)
+    v = tl.fma(_to_float(q), scale[:, None], zero[:, None])  # between zero and a finite top: see _group_params
     if SPIKE:
         column = tl.arange(0, G)[None, :]
         hi = tl.load(f32 + meta + 2 * groups_per_chunk, mask=valid, other=0.0)
@@ -232,8 +267,7 @@ def _quantize(x, payload, numel, total_groups, groups_per_chunk, chunk_bytes, BI
     valid = group < total_groups
     base = (group // groups_per_chunk).to(tl.int64) * chunk_bytes
     if SPIKE or ROTATE:
-        offsets = group.to(tl.int64)[:, None] * G + tl.arange(0, G)[None, :]
-        values = tl.load(x + offsets, mask=offsets < numel, other=0.0).to(tl.float32)
+        values = _load_whole_groups(x, group, numel, G, BLOCK_G)
         if ROTATE:
             values = _hadamard(values, G, BLOCK_G)
         packed, scale, zero, hi, lo, hi_index, lo_index = _quantize_tile(values, BITS, G, SPIKE, BLOCK_G)
@@ -278,7 +312,8 @@ def _dequant_sum_requant(sources, in_offset, out, groups_per_chunk, in_chunk_byt
             chunk = _peer_chunk(sources, source, in_offset)
         u8, f32, i16 = _views(chunk)
         values = _load_groups(u8, f32, i16, base, group, groups_per_chunk, valid, IN_BITS, G, SPIKE, BLOCK_G)
-        total = _saturate(total + values, FLOAT32_MAX)
+        total = total + values
+    total = _saturate(total, FLOAT32_MAX)
     packed, scale, zero, hi, lo, hi_index, lo_index = _quantize_tile(total, OUT_BITS, G, SPIKE, BLOCK_G)
     out_u8, out_f32, out_i16 = _views(out)
     _store_groups(out_u8, out_f32, out_i16, base, group, groups_per_chunk, valid, packed, scale, zero, hi, lo,
@@ -351,16 +386,27 @@ def _dequantize_groups(payload, out, numel, source, group, groups_per_chunk, val
                        G: tl.constexpr, SPIKE: tl.constexpr, ROTATE: tl.constexpr, BLOCK_G: tl.constexpr):
     """Groups `group` of chunk `source` (at `payload`) into their place in `out` (rotated back: reference.unrotate)."""
     u8, f32, i16 = _views(payload)
+    PER_THREAD: tl.constexpr = ROTATE and G <= GROUP_PER_THREAD
     values = _load_groups(u8, f32, i16, tl.zeros((BLOCK_G,), tl.int64), group, groups_per_chunk, valid, BITS, G,
-                          SPIKE, BLOCK_G)
+                          SPIKE, BLOCK_G, PER_THREAD)
     if ROTATE:
-        values = _saturate(_hadamard(values, G, BLOCK_G) * G, FLOAT32_MAX)
-    offsets = (source * groups_per_chunk + group).to(tl.int64)[:, None] * G + tl.arange(0, G)[None, :]
+        values = _hadamard(values, G, BLOCK_G) * G
+    start = (source * groups_per_chunk + group).to(tl.int64) * G
     if out.dtype.element_ty == tl.float16:  # saturated at the output dtype's maximum, as reference.dequantize
         values = _saturate(values, FLOAT16_MAX)
     elif out.dtype.element_ty == tl.bfloat16:
         values = _saturate(values, BFLOAT16_MAX)
-    tl.store(out + offsets, values.to(out.dtype.element_ty), mask=valid[:, None] & (offsets < numel))
+    elif ROTATE:  # without rotation a float32 value lies between zero and a finite top already
+        values = _saturate(values, FLOAT32_MAX)
+    values = values.to(out.dtype.element_ty)
+    if PER_THREAD:
+        VEC: tl.constexpr = 128 // out.dtype.element_ty.primitive_bitwidth
+        offsets = _runs(start, G, VEC)
+        tl.store(out + offsets, tl.reshape(values, (BLOCK_G, G // VEC, VEC)),
+                 mask=valid[:, None, None] & (offsets < numel))
+    else:
+        offsets = start[:, None] + tl.arange(0, G)[None, :]
+        tl.store(out + offsets, values, mask=valid[:, None] & (offsets < numel))
 
 
 @triton.jit
@@ -423,17 +469,18 @@ def _address(table_address: int) -> tuple[int, int]:
     return table_address >> split, table_address & ((1 << split) - 1)
 
 
-def _launch(name: str, group_size: int) -> tuple[int, int]:
-    """Groups per program and warps of kernel `name`."""
+def _launch(name: str, layout: PayloadLayout) -> tuple[int, int]:
+    """Groups per program and warps of kernel `name`: one group per thread where it needs whole groups (see _runs)."""
     launch = LAUNCH[name]
-    return launch.block_groups(group_size), launch.warps
+    whole = layout.rotate or (layout.spike_reserve and name == "quantize")
+    return launch.block_groups(layout.group_size, whole and layout.group_size <= GROUP_PER_THREAD_MAX), launch.warps
 
 
 def quantize(x: torch.Tensor, layout: PayloadLayout) -> torch.Tensor:
     """The payload [W, chunk_bytes], chunk c for rank c."""
     out = torch.empty((layout.world_size, layout.chunk_bytes), dtype=torch.uint8, device=x.device)
     total_groups = layout.world_size * layout.groups_per_chunk
-    block, warps = _launch("quantize", layout.group_size)
+    block, warps = _launch("quantize", layout)
     wrap_triton(quantize_kernel)[(triton.cdiv(total_groups, block),)](
         x.contiguous(), out, x.numel(), total_groups, layout.groups_per_chunk, layout.chunk_bytes, BITS=layout.bits,
         G=layout.group_size, SPIKE=layout.spike_reserve, ROTATE=layout.rotate, BLOCK_G=block, num_warps=warps)
@@ -442,7 +489,7 @@ def quantize(x: torch.Tensor, layout: PayloadLayout) -> torch.Tensor:
 
 def dequant_sum_requant(received: torch.Tensor, layout: PayloadLayout, out_bits: int) -> torch.Tensor:
     out = torch.empty((1, layout.with_bits(out_bits).chunk_bytes), dtype=torch.uint8, device=received.device)
-    block, warps = _launch("dequant_sum_requant", layout.group_size)
+    block, warps = _launch("dequant_sum_requant", layout)
     wrap_triton(dequant_sum_requant_kernel)[(triton.cdiv(layout.groups_per_chunk, block),)](
         received.contiguous(), out, layout.groups_per_chunk, layout.chunk_bytes, WORLD=layout.world_size,
         IN_BITS=layout.bits, OUT_BITS=out_bits, G=layout.group_size, SPIKE=layout.spike_reserve, BLOCK_G=block,
@@ -452,7 +499,7 @@ def dequant_sum_requant(received: torch.Tensor, layout: PayloadLayout, out_bits:
 
 def dequantize(gathered: torch.Tensor, layout: PayloadLayout, dtype: torch.dtype, shape) -> torch.Tensor:
     out = torch.empty(shape, dtype=dtype, device=gathered.device)
-    block, warps = _launch("dequantize", layout.group_size)
+    block, warps = _launch("dequantize", layout)
     wrap_triton(dequantize_kernel)[(triton.cdiv(layout.groups_per_chunk, block) * layout.world_size,)](
         gathered.contiguous(), out, layout.numel, layout.groups_per_chunk, layout.chunk_bytes,
         WORLD=layout.world_size, BITS=layout.bits, G=layout.group_size, SPIKE=layout.spike_reserve,
@@ -465,7 +512,7 @@ def quantize_symm(x: torch.Tensor, table_address: int, rank: int, stride: int, l
     """quantize into this rank's symmetric buffer (`table_address`: the workspace's address table), chunk c at
     c * stride bytes, once `after` is written; writes `token`."""
     total_groups = layout.world_size * layout.groups_per_chunk
-    block, warps = _launch("quantize", layout.group_size)
+    block, warps = _launch("quantize", layout)
     wrap_triton(quantize_symm_kernel)[(triton.cdiv(total_groups, block),)](
         x.contiguous(), *_address(table_address), rank, after, token, x.numel(), total_groups,
         layout.groups_per_chunk, stride, BITS=layout.bits, G=layout.group_size, SPIKE=layout.spike_reserve,
@@ -476,7 +523,7 @@ def dequant_sum_requant_peers(table_address: int, in_offset: int, out_offset: in
                               out_bits: int, token: torch.Tensor) -> None:
     """dequant_sum_requant of the chunks every rank holds `in_offset` bytes into its symmetric buffer, written
     `out_offset` bytes into this rank's (every address + offset 16-byte aligned); writes `token`."""
-    block, warps = _launch("dequant_sum_requant_peers", layout.group_size)
+    block, warps = _launch("dequant_sum_requant_peers", layout)
     wrap_triton(dequant_sum_requant_peers_kernel)[(triton.cdiv(layout.groups_per_chunk, block),)](
         *_address(table_address), in_offset, out_offset, rank, token, layout.groups_per_chunk, WORLD=layout.world_size,
         IN_BITS=layout.bits, OUT_BITS=out_bits, G=layout.group_size, SPIKE=layout.spike_reserve, BLOCK_G=block,
@@ -487,7 +534,7 @@ def dequantize_peers(table_address: int, offset: int, layout: PayloadLayout, dty
                      token: torch.Tensor) -> torch.Tensor:
     """dequantize of the chunks every rank holds `offset` bytes into its symmetric buffer; writes `token`."""
     out = torch.empty(shape, dtype=dtype, device=token.device)
-    block, warps = _launch("dequantize_peers", layout.group_size)
+    block, warps = _launch("dequantize_peers", layout)
     wrap_triton(dequantize_peers_kernel)[(triton.cdiv(layout.groups_per_chunk, block) * layout.world_size,)](
         *_address(table_address), offset, out, token, layout.numel, layout.groups_per_chunk, WORLD=layout.world_size,
         BITS=layout.bits, G=layout.group_size, SPIKE=layout.spike_reserve, ROTATE=layout.rotate, BLOCK_G=block,
