@@ -398,15 +398,8 @@ def _dequantize_groups(payload, out, numel, source, group, groups_per_chunk, val
         values = _saturate(values, BFLOAT16_MAX)
     elif ROTATE:  # without rotation a float32 value lies between zero and a finite top already
         values = _saturate(values, FLOAT32_MAX)
-    values = values.to(out.dtype.element_ty)
-    if PER_THREAD:
-        VEC: tl.constexpr = 128 // out.dtype.element_ty.primitive_bitwidth
-        offsets = _runs(start, G, VEC)
-        tl.store(out + offsets, tl.reshape(values, (BLOCK_G, G // VEC, VEC)),
-                 mask=valid[:, None, None] & (offsets < numel))
-    else:
-        offsets = start[:, None] + tl.arange(0, G)[None, :]
-        tl.store(out + offsets, values, mask=valid[:, None] & (offsets < numel))
+    offsets = start[:, None] + tl.arange(0, G)[None, :]
+    tl.store(out + offsets, values.to(out.dtype.element_ty), mask=valid[:, None] & (offsets < numel))
 
 
 @triton.jit
