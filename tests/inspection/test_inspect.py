@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -136,41 +137,51 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+def _clis(*invocations: tuple[str, ...]) -> list[subprocess.CompletedProcess]:
+    """Several CLI runs, two at a time (each spends seconds importing torch and tracing)."""
+    with ThreadPoolExecutor(2) as pool:
+        return list(pool.map(lambda args: _cli(*args), invocations))
+
+
 def test_cli_json_and_exit_codes(tmp_path):
     out = tmp_path / "report.json"
-    done = _cli("tests.inspection.factories:mixed", "--min-bytes", "4096", "--format", "json", "--out", str(out))
-    assert done.returncode == 0, done.stderr
+    failures = [("nomodule:f", "cannot import module"), ("tests.inspection.factories", "MODULE:FACTORY"),
+                ("tests.inspection.factories:not_callable", "no callable"),
+                ("tests.inspection.factories:raises", "raised RuntimeError: no weights here"),
+                ("tests.inspection.factories:untraceable", "did not trace")]
+    report, verbose, rotated, no_chunks, symm_chunks, *failed = _clis(
+        ("tests.inspection.factories:mixed", "--min-bytes", "4096", "--format", "json", "--out", str(out)),
+        ("tests.inspection.factories:raises", "--verbose"),
+        ("tests.inspection.factories:mixed", "--rotation", "hadamard", "--mode", "always"),
+        ("tests.inspection.factories:mixed", "--chunks", "0"),
+        ("tests.inspection.factories:mixed", "--transport", "symm_mem", "--chunks", "2"),
+        *[(target,) for target, _ in failures])
+    assert report.returncode == 0, report.stderr
     assert [s["decision"] for s in json.loads(out.read_text())["sites"]] == [d for d, _ in EXPECTED]
-    for target, message in [("nomodule:f", "cannot import module"), ("tests.inspection.factories", "MODULE:FACTORY"),
-                            ("tests.inspection.factories:not_callable", "no callable"),
-                            ("tests.inspection.factories:raises", "raised RuntimeError: no weights here"),
-                            ("tests.inspection.factories:untraceable", "did not trace")]:
-        done = _cli(target)
+    for (target, message), done in zip(failures, failed, strict=True):
         assert done.returncode == 2, (target, done.stderr)
         errors = [line for line in done.stderr.splitlines() if line.startswith("flashcomm-compile: error")]
         assert len(errors) == 1 and message in errors[0], (target, done.stderr)
         assert "Traceback" not in done.stderr
-    assert "Traceback" in _cli("tests.inspection.factories:raises", "--verbose").stderr
-    done = _cli("tests.inspection.factories:mixed", "--rotation", "hadamard", "--mode", "always")
-    assert done.returncode == 0 and "INT4/INT8 g128 hadamard mode=always" in done.stdout, done.stderr
-    done = _cli("tests.inspection.factories:mixed", "--chunks", "0")
-    assert done.returncode == 2 and "flashcomm-compile: error: chunks must be an int" in done.stderr
-    done = _cli("tests.inspection.factories:mixed", "--transport", "symm_mem", "--chunks", "2")
-    assert done.returncode == 2 and "chunks must be 1 with transport 'symm_mem'" in done.stderr
+    assert "Traceback" in verbose.stderr
+    assert rotated.returncode == 0 and "INT4/INT8 g128 hadamard mode=always" in rotated.stdout, rotated.stderr
+    assert no_chunks.returncode == 2 and "flashcomm-compile: error: chunks must be an int" in no_chunks.stderr
+    assert symm_chunks.returncode == 2 and "chunks must be 1 with transport 'symm_mem'" in symm_chunks.stderr
 
 
 def test_cli_usage_errors_are_one_line_before_any_tracing(tmp_path):
-    for args, message in [(["--world-size", "0"], "--world-size must be in [1, 64], got 0"),
-                          (["--world-size", "-1"], "--world-size must be in [1, 64], got -1"),
-                          (["--out", str(tmp_path / "missing" / "x.txt")], "does not exist"),
-                          (["--hardware", "Bogus GPU|default"], "invalid choice"),
-                          (["--hardware", "NVIDIA H200"], "invalid choice")]:
-        done = _cli("tests.inspection.factories:mixed", *args)
+    usage = [(["--world-size", "0"], "--world-size must be in [1, 64], got 0"),
+             (["--world-size", "-1"], "--world-size must be in [1, 64], got -1"),
+             (["--out", str(tmp_path / "missing" / "x.txt")], "does not exist"),
+             (["--hardware", "Bogus GPU|default"], "invalid choice"),
+             (["--hardware", "NVIDIA H200"], "invalid choice")]
+    not_a_pair, help_run, *refused = _clis(("tests.inspection.factories:not_a_pair",), ("--help",),
+                                           *[("tests.inspection.factories:mixed", *args) for args, _ in usage])
+    for (args, message), done in zip(usage, refused, strict=True):
         assert done.returncode == 2 and message in done.stderr, (args, done.stderr)
         assert "Traceback" not in done.stderr and "did not trace" not in done.stderr
-    done = _cli("tests.inspection.factories:not_a_pair")
-    assert done.returncode == 2 and "returned int '7'; expected (model, example_inputs)" in done.stderr
-    help_text = _cli("--help").stdout
+    assert not_a_pair.returncode == 2 and "returned int '7'; expected (model, example_inputs)" in not_a_pair.stderr
+    help_text = help_run.stdout
     assert "NVIDIA H200|default" in help_text and "(default: 128)" in help_text
 
 
