@@ -103,8 +103,8 @@ def sweep(x: torch.Tensor, copy_gbps: float) -> list[dict]:
 def fastest(sweep_rows: list[dict]) -> str:
     """The fastest launch of each kernel without rotation, in FLASHCOMM_LAUNCH's syntax."""
     best = {}
-    for row in sweep_rows:
-        if "ms" in row and row["rotation"] == "none" and (row["kernel"] not in best or row["ms"] < best[row["kernel"]]["ms"]):
+    for row in (row for row in sweep_rows if "ms" in row and row["rotation"] == "none"):
+        if row["kernel"] not in best or row["ms"] < best[row["kernel"]]["ms"]:
             best[row["kernel"]] = row
     return ",".join(f"{name}={row['elements']}x{row['warps']}" for name, row in best.items())
 

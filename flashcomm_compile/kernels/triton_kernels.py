@@ -464,9 +464,12 @@ def _address(table_address: int) -> tuple[int, int]:
 
 
 def _launch(name: str, layout: PayloadLayout) -> tuple[int, int]:
-    """Groups per program and warps of kernel `name`: one group per thread where it needs whole groups (see _runs)."""
+    """Groups per program and warps of kernel `name`: one group per thread where it takes whole groups in registers
+    (see _runs): the quantize with rotation or spikes, the dequantizes with rotation; the dequant-sum-requantize
+    never (its tile is the same with or without rotation)."""
     launch = LAUNCH[name]
-    whole = layout.rotate or (layout.spike_reserve and name == "quantize")
+    whole = (layout.rotate or layout.spike_reserve) if name == "quantize" else (
+        layout.rotate and name.startswith("dequantize"))
     return launch.block_groups(layout.group_size, whole and layout.group_size <= GROUP_PER_THREAD_MAX), launch.warps
 
 
