@@ -134,9 +134,8 @@ def _stages(x: torch.Tensor, group_name: str, world: int, link: str) -> dict:
         symm = symmetric.pipeline(group_name, x.device, x.numel(), world, BREAKDOWN_CONFIG.with_transport("symm_mem"))
         token = torch.empty(1, dtype=torch.int32, device=x.device)
         stages.update({
-            "symm quantize": lambda: symm.quantize(x, token, token),
-            "symm barrier": lambda: symm.barrier(token),
-            "symm dequant-sum-requant (peer loads)": lambda: symm.reduce(x.numel(), token),
+            "symm quantize (+ barrier)": lambda: symm.quantize(x, token, token),
+            "symm dequant-sum-requant (peer loads, + barrier)": lambda: symm.reduce(x.numel(), token),
             "symm dequantize (peer loads)": lambda: symm.dequantize(x, token),
             "symm whole (eager)": lambda: symm(x),
         })
@@ -148,9 +147,9 @@ def _symm_mem_sweep(group_name: str, world: int, device: torch.device) -> list[d
     tokens, hidden = BREAKDOWN_SIZES[-1]
     x = torch.randn(tokens, hidden, device=device, dtype=torch.bfloat16)
     stages = _stages(x, group_name, world, "default")
-    stages["symm quantize"]()
+    stages["symm quantize (+ barrier)"]()
     rows = []
-    for kernel, stage in (("dequant_sum_requant_peers", "symm dequant-sum-requant (peer loads)"),
+    for kernel, stage in (("dequant_sum_requant_peers", "symm dequant-sum-requant (peer loads, + barrier)"),
                           ("dequantize_peers", "symm dequantize (peer loads)")):
         for row in each_launch(kernel):
             row["ms"] = _gpu_us(stages[stage], device, row) / 1e3

@@ -29,7 +29,7 @@ NUMEL = 32 * 2**20  # 64 MB of bf16
 WORLD = 2
 CONFIGS = [(4, 8, False, False), (8, 8, False, False), (2, 8, True, False), (4, 8, False, True)]  # bits, spike, rotate
 SWEEP_ELEMENTS = (2048, 4096, 8192, 16384)
-SWEEP_WARPS = (4, 8)
+SWEEP_WARPS = (2, 4, 8)
 
 
 def _gbps(nbytes: int, ms: float) -> float:

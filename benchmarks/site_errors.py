@@ -6,8 +6,9 @@ A site's error is then its own, not what earlier sites' errors made of its input
 tensor against the float64 sum. Beside it, what sets a group's scale: the largest peak-to-RMS ratio of a group of the
 reduced tensor, before and after the block Hadamard transform (an outlier spread over G values keeps 1/sqrt(G) of its
 height; the ratio cannot exceed sqrt(G), where one value carries the whole group), the share of the error in the
-groups where that ratio is above sqrt(G / 2) (one value holds more than half the group's energy: an outlier), and the error the same pipeline makes on Gaussian inputs of the same shape (what
-the bit width costs once there are no outliers left).
+groups where that ratio is above sqrt(G / 2) (one value holds more than half the group's energy: an outlier), and
+the error the same pipeline makes on Gaussian inputs of the same shape (what the bit width costs once there are no
+outliers left).
 
     PYTHONPATH=. python -m benchmarks.site_errors [--bits 4/8] [--group 128]
 """
@@ -113,8 +114,8 @@ def llama_sites(rank: int, world: int, bits, group_size: int) -> list[dict]:
     return rows
 
 
-COLUMNS = ["name", "plain_error", "rotated_error", "gaussian_error", "peak_to_rms", "rotated_peak_to_rms", "plain_peaky_groups",
-           "plain_error_share_peaky", "rotated_peaky_groups", "rotated_error_share_peaky"]
+COLUMNS = ["name", "plain_error", "rotated_error", "gaussian_error", "peak_to_rms", "rotated_peak_to_rms",
+           "plain_peaky_groups", "plain_error_share_peaky", "rotated_peaky_groups", "rotated_error_share_peaky"]
 
 
 def main() -> None:

@@ -6,7 +6,8 @@ what the compile knows (config, group, world size, workspace), so nothing is reb
 
 NCCL transport: quantize -> all-to-all (the reduce-scatter) -> dequantize-sum-requantize -> all-gather -> dequantize.
 Symmetric memory: the all-to-all and the all-gather are folded into the kernels' loads from the peers' buffers, with
-a barrier kernel between the steps; see `symmetric.py` for the workspace and why two barriers suffice.
+a barrier at the end of each of the first two kernels; see `symmetric.py` for the workspace and why two barriers
+suffice.
 """
 
 from __future__ import annotations
@@ -87,8 +88,9 @@ class NcclPipeline:
 
 @dataclass(frozen=True)
 class SymmetricPipeline:
-    """The two-step all-reduce over a symmetric-memory workspace: three kernels and two barrier kernels, ordered by
-    a token tensor that each writes (the data they exchange lives where the graph cannot see it)."""
+    """The two-step all-reduce over a symmetric-memory workspace: three kernels, the first two ending in a barrier
+    across the group, ordered by a token tensor that each writes (the data they exchange lives where the graph cannot
+    see it)."""
 
     config: FlashCommConfig
     world_size: int
@@ -105,11 +107,6 @@ class SymmetricPipeline:
 
         layout = self.layout(x.numel())
         triton_kernels.quantize_symm(x, self.table_address, self.rank, layout.stride, layout.payload, after, token)
-
-    def barrier(self, token: torch.Tensor) -> None:
-        from .kernels import triton_kernels
-
-        triton_kernels.barrier(self.table_address, self.rank, self.world_size, token)
 
     def reduce(self, numel, token: torch.Tensor) -> None:
         from .kernels import triton_kernels
@@ -132,9 +129,7 @@ class SymmetricPipeline:
         validate_dtype(x.dtype)
         token = torch.empty(1, dtype=torch.int32, device=x.device)
         self.quantize(x, x if after is None else after, token)
-        self.barrier(token)
         self.reduce(x.numel(), token)
-        self.barrier(token)
         return self.dequantize(x, token), token
 
 

@@ -1,7 +1,7 @@
 """The two-step all-reduce over symmetric memory: every GPU of the group maps its peers' buffers (NVLink), so the
 all-to-all is folded into the dequantize-sum-requantize kernel's loads and the all-gather into the dequantize
-kernel's. One all-reduce is then three kernels and two barrier kernels (`pipeline.SymmetricPipeline`), no NCCL
-call, and the quantized bytes cross the link once, read by the kernel that needs them. The compiled code reaches the
+kernel's. One all-reduce is then three kernels (`pipeline.SymmetricPipeline`), the first two ending in a barrier, no
+NCCL call, and the quantized bytes cross the link once, read by the kernel that needs them. The compiled code reaches the
 workspace through the address of its table, a constant: the workspace is allocated when the graph is compiled, and
 kept for the life of the process.
 
@@ -24,7 +24,7 @@ from .config import FlashCommConfig
 from .kernels.layout import PayloadLayout
 from .pipeline import SymmetricPipeline
 
-MAX_WORLD_SIZE = 32  # the barrier kernel gives each peer a thread of one warp
+MAX_WORLD_SIZE = 32  # the barrier gives each peer a thread of one warp
 ALIGN = 16  # bytes: every chunk starts 16-byte aligned, so the kernels' loads stay vectorised
 MIN_WORKSPACE_BYTES = 1 << 20
 
@@ -77,7 +77,7 @@ class Workspace:
 
     buffer: torch.Tensor  # uint8
     handle: object  # torch's _SymmetricMemory: rank
-    table: torch.Tensor  # int64 [2, W]: every rank's buffer address, then every rank's signal pad address
+    table: torch.Tensor  # int64, `address_table`
 
 
 _workspaces: dict[tuple[str, int], Workspace] = {}
@@ -103,13 +103,21 @@ def workspace(group_name: str, device: torch.device, nbytes: int) -> Workspace:
     return created
 
 
+BARRIER_COUNTERS = 2  # one per kernel that ends in a barrier (triton_kernels._barrier_when_last)
+
+
+def address_table(buffers: list[int], signal_pads: list[int], device) -> torch.Tensor:
+    """What the kernels read of a workspace, one int64 tensor: every rank's buffer address, every rank's signal pad
+    address, then this rank's barrier counters (zero between launches)."""
+    return torch.tensor(list(buffers) + list(signal_pads) + [0] * BARRIER_COUNTERS, dtype=torch.int64, device=device)
+
+
 def _create(group_name: str, device: torch.device, size: int) -> Workspace:
     import torch.distributed._symmetric_memory as symm_mem
 
     buffer = symm_mem.empty(size, dtype=torch.uint8, device=device)
     handle = symm_mem.rendezvous(buffer, group_name)
-    table = torch.tensor([handle.buffer_ptrs, handle.signal_pad_ptrs], dtype=torch.int64, device=device)
-    return Workspace(buffer, handle, table)
+    return Workspace(buffer, handle, address_table(handle.buffer_ptrs, handle.signal_pad_ptrs, device))
 
 
 def _outside_graph_pools(device: torch.device, fn, *args):

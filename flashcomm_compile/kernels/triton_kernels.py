@@ -58,7 +58,6 @@ FLOAT32_MAX: tl.constexpr = tl.constexpr(reference.FLOAT32_MAX)
 SHRINK: tl.constexpr = tl.constexpr(reference.SHRINK)
 FLOAT16_MAX: tl.constexpr = tl.constexpr(torch.finfo(torch.float16).max)
 BFLOAT16_MAX: tl.constexpr = tl.constexpr(torch.finfo(torch.bfloat16).max)
-GROUP_PER_THREAD: tl.constexpr = tl.constexpr(GROUP_PER_THREAD_MAX)
 ADDRESS_SPLIT: tl.constexpr = tl.constexpr(24)  # bits of a workspace address in its low part (`_table`)
 MAGIC: tl.constexpr = tl.constexpr(8388608.0)  # 2^23: a float in [2^23, 2^24) holds an integer in its mantissa bits
 MAGIC_BITS: tl.constexpr = tl.constexpr(0x4B000000)  # the bits of 2^23 as a float32
@@ -115,10 +114,10 @@ def _runs(start, WIDTH: tl.constexpr, VEC: tl.constexpr):
 
 
 @triton.jit
-def _load_whole_groups(x, group, numel, G: tl.constexpr, BLOCK_G: tl.constexpr):
-    """Groups `group` of x as float32 [BLOCK_G, G]; one group per thread up to GROUP_PER_THREAD values."""
+def _load_whole_groups(x, group, numel, G: tl.constexpr, BLOCK_G: tl.constexpr, PER_THREAD: tl.constexpr):
+    """Groups `group` of x as float32 [BLOCK_G, G]; PER_THREAD: one group per thread (see _runs)."""
     start = group.to(tl.int64) * G
-    if G <= GROUP_PER_THREAD:
+    if PER_THREAD:
         VEC: tl.constexpr = 128 // x.dtype.element_ty.primitive_bitwidth
         offsets = _runs(start, G, VEC)
         values = tl.reshape(tl.load(x + offsets, mask=offsets < numel, other=0.0), (BLOCK_G, G))
@@ -258,9 +257,9 @@ def _views(payload):
 
 @triton.jit
 def _quantize(x, payload, numel, total_groups, groups_per_chunk, chunk_bytes, BITS: tl.constexpr, G: tl.constexpr,
-              SPIKE: tl.constexpr, ROTATE: tl.constexpr, BLOCK_G: tl.constexpr):
-    """Spike reserving (argmax) and rotation take whole groups as one tile. Otherwise each group is read in parts of 32 values,
-    each part as its own [BLOCK_G, 32] tile: 4 threads share a group rather than 16, so the per-group work (the
+              SPIKE: tl.constexpr, ROTATE: tl.constexpr, BLOCK_G: tl.constexpr, PER_THREAD: tl.constexpr):
+    """Spike reserving (argmax) and rotation take whole groups as one tile. Otherwise each group is read in parts of
+    32 values, each part as its own [BLOCK_G, 32] tile: 4 threads share a group rather than 16, so the per-group work (the
     reductions' shuffles, three divisions) is repeated on 4 threads, and each thread holds a group's parts side by
     side. Each part is read twice: for min/max, then for its codes."""
     u8, f32, i16 = _views(payload)
@@ -268,7 +267,7 @@ def _quantize(x, payload, numel, total_groups, groups_per_chunk, chunk_bytes, BI
     valid = group < total_groups
     base = (group // groups_per_chunk).to(tl.int64) * chunk_bytes
     if SPIKE or ROTATE:
-        values = _load_whole_groups(x, group, numel, G, BLOCK_G)
+        values = _load_whole_groups(x, group, numel, G, BLOCK_G, PER_THREAD)
         if ROTATE:
             values = _hadamard(values, G, BLOCK_G)
         packed, scale, zero, hi, lo, hi_index, lo_index = _quantize_tile(values, BITS, G, SPIKE, BLOCK_G)
@@ -347,19 +346,28 @@ def _mark(token):
 
 @triton.jit
 def quantize_kernel(x, payload, numel, total_groups, groups_per_chunk, chunk_bytes, BITS: tl.constexpr,
-                    G: tl.constexpr, SPIKE: tl.constexpr, ROTATE: tl.constexpr, BLOCK_G: tl.constexpr):
-    _quantize(x, payload, numel, total_groups, groups_per_chunk, chunk_bytes, BITS, G, SPIKE, ROTATE, BLOCK_G)
+                    G: tl.constexpr, SPIKE: tl.constexpr, ROTATE: tl.constexpr, BLOCK_G: tl.constexpr,
+                    PER_THREAD: tl.constexpr):
+    _quantize(x, payload, numel, total_groups, groups_per_chunk, chunk_bytes, BITS, G, SPIKE, ROTATE, BLOCK_G,
+              PER_THREAD)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["rank"])  # one binary for every rank: see _barrier_when_last
 def quantize_symm_kernel(x, table_high, table_low, rank, after, token, numel, total_groups, groups_per_chunk,
-                         stride, BITS: tl.constexpr, G: tl.constexpr, SPIKE: tl.constexpr, ROTATE: tl.constexpr,
-                         BLOCK_G: tl.constexpr):
-    """quantize_kernel writing into this rank's symmetric buffer, chunk c at c * stride. `after` (not read) is the
-    token of the all-reduce before it on this workspace: the graph orders this kernel after that one's last."""
-    _quantize(x, _peer_chunk(_table(table_high, table_low), rank, 0), numel, total_groups, groups_per_chunk, stride,
-              BITS, G, SPIKE, ROTATE, BLOCK_G)
+                         stride16, BITS: tl.constexpr, G: tl.constexpr, SPIKE: tl.constexpr, ROTATE: tl.constexpr,
+                         BLOCK_G: tl.constexpr, PER_THREAD: tl.constexpr, WORLD: tl.constexpr,
+                         BARRIER: tl.constexpr):
+    """quantize_kernel writing into this rank's symmetric buffer, chunk c at c * 16 * stride16 bytes (in 16-byte
+    units, so that the compiler knows every chunk aligned whatever sizes it was given: without that hint the rotated
+    kernel took 255 registers and spilled), then (BARRIER) the first barrier: the kernel ends once every rank's chunks
+    are written. `after` (not read) is the token of the all-reduce
+    before it on this workspace: the graph orders this kernel after that one's last."""
+    table = _table(table_high, table_low)
+    _quantize(x, _peer_chunk(table, rank, 0), numel, total_groups, groups_per_chunk, stride16 * 16, BITS, G, SPIKE,
+              ROTATE, BLOCK_G, PER_THREAD)
     _mark(token)
+    if BARRIER:
+        _barrier_when_last(table, 0, rank, WORLD)
 
 
 @triton.jit
@@ -370,24 +378,27 @@ def dequant_sum_requant_kernel(received, out, groups_per_chunk, in_chunk_bytes, 
                          BLOCK_G)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["rank"])  # one binary for every rank: see _barrier_when_last
 def dequant_sum_requant_peers_kernel(table_high, table_low, in_offset, out_offset, rank, token, groups_per_chunk,
                                      WORLD: tl.constexpr, IN_BITS: tl.constexpr, OUT_BITS: tl.constexpr,
-                                     G: tl.constexpr, SPIKE: tl.constexpr, BLOCK_G: tl.constexpr):
+                                     G: tl.constexpr, SPIKE: tl.constexpr, BLOCK_G: tl.constexpr,
+                                     BARRIER: tl.constexpr):
     """dequant_sum_requant_kernel reading each source's chunk straight from that rank's buffer (the all-to-all
-    folded into the loads), writing `out_offset` bytes into this rank's."""
+    folded into the loads), writing `out_offset` bytes into this rank's, then (BARRIER) the second barrier."""
     table = _table(table_high, table_low)
     _dequant_sum_requant(table, in_offset, _peer_chunk(table, rank, out_offset), groups_per_chunk, 0, False, WORLD,
                          IN_BITS, OUT_BITS, G, SPIKE, BLOCK_G)
     _mark(token)
+    if BARRIER:
+        _barrier_when_last(table, 1, rank, WORLD)
 
 
 @triton.jit
 def _dequantize_groups(payload, out, numel, source, group, groups_per_chunk, valid, BITS: tl.constexpr,
-                       G: tl.constexpr, SPIKE: tl.constexpr, ROTATE: tl.constexpr, BLOCK_G: tl.constexpr):
+                       G: tl.constexpr, SPIKE: tl.constexpr, ROTATE: tl.constexpr, BLOCK_G: tl.constexpr,
+                       PER_THREAD: tl.constexpr):
     """Groups `group` of chunk `source` (at `payload`) into their place in `out` (rotated back: reference.unrotate)."""
     u8, f32, i16 = _views(payload)
-    PER_THREAD: tl.constexpr = ROTATE and G <= GROUP_PER_THREAD
     values = _load_groups(u8, f32, i16, tl.zeros((BLOCK_G,), tl.int64), group, groups_per_chunk, valid, BITS, G,
                           SPIKE, BLOCK_G, PER_THREAD)
     if ROTATE:
@@ -405,25 +416,26 @@ def _dequantize_groups(payload, out, numel, source, group, groups_per_chunk, val
 
 @triton.jit
 def dequantize_kernel(payload, out, numel, groups_per_chunk, chunk_bytes, WORLD: tl.constexpr, BITS: tl.constexpr,
-                      G: tl.constexpr, SPIKE: tl.constexpr, ROTATE: tl.constexpr, BLOCK_G: tl.constexpr):
+                      G: tl.constexpr, SPIKE: tl.constexpr, ROTATE: tl.constexpr, BLOCK_G: tl.constexpr,
+                      PER_THREAD: tl.constexpr):
     """Program p handles block p // W of chunk p % W, as dequantize_peers_kernel does."""
     source = tl.program_id(0) % WORLD
     group = tl.program_id(0) // WORLD * BLOCK_G + tl.arange(0, BLOCK_G)
     _dequantize_groups(payload + source.to(tl.int64) * chunk_bytes, out, numel, source, group, groups_per_chunk,
-                       group < groups_per_chunk, BITS, G, SPIKE, ROTATE, BLOCK_G)
+                       group < groups_per_chunk, BITS, G, SPIKE, ROTATE, BLOCK_G, PER_THREAD)
 
 
 @triton.jit
 def dequantize_peers_kernel(table_high, table_low, in_offset, out, token, numel, groups_per_chunk,
                             WORLD: tl.constexpr, BITS: tl.constexpr, G: tl.constexpr, SPIKE: tl.constexpr,
-                            ROTATE: tl.constexpr, BLOCK_G: tl.constexpr):
+                            ROTATE: tl.constexpr, BLOCK_G: tl.constexpr, PER_THREAD: tl.constexpr):
     """dequantize_kernel reading chunk c straight from rank c's buffer (the all-gather folded into the loads).
     Program p handles block p // W of chunk p % W: consecutive programs read different ranks, so the local chunk's
     loads (HBM) and the peers' (NVLink) run side by side rather than one after the other."""
     source = tl.program_id(0) % WORLD
     group = tl.program_id(0) // WORLD * BLOCK_G + tl.arange(0, BLOCK_G)
     _dequantize_groups(_peer_chunk(_table(table_high, table_low), source, in_offset), out, numel, source, group,
-                       groups_per_chunk, group < groups_per_chunk, BITS, G, SPIKE, ROTATE, BLOCK_G)
+                       groups_per_chunk, group < groups_per_chunk, BITS, G, SPIKE, ROTATE, BLOCK_G, PER_THREAD)
     _mark(token)
 
 
@@ -433,13 +445,13 @@ def _thread_index():
 
 
 @triton.jit
-def barrier_kernel(table_high, table_low, rank, token, WORLD: tl.constexpr, LANES: tl.constexpr):
+def _barrier(table, rank, WORLD: tl.constexpr):
     """Every rank of the workspace's group waits here for every other, as torch's symmetric-memory barrier does:
-    thread p (one warp, one lane per peer) sets this rank's flag in peer p's signal pad once it is clear (release,
-    system scope: the writes of the kernels before it become visible to p) and waits for p's flag in its own pad,
-    clearing it (acquire). Lane p of a LANES-wide vector lives on thread p, so thread p alone acts for peer p."""
-    table = _table(table_high, table_low)
-    peer = tl.arange(0, LANES)
+    thread p (one lane per peer) sets this rank's flag in peer p's signal pad once it is clear (release, system
+    scope: the writes this thread has seen become visible to p) and waits for p's flag in its own pad, clearing it
+    (acquire). Lane p of a warp-wide vector lives on thread p (and its copies on the other warps' thread p), so
+    thread p alone acts for peer p."""
+    peer = tl.arange(0, 32)
     pads = tl.load(table + WORLD + peer, mask=peer < WORLD, other=0)
     send = pads.to(tl.pointer_type(tl.uint32)) + rank
     wait = tl.load(table + WORLD + rank).to(tl.pointer_type(tl.uint32)) + peer
@@ -454,7 +466,25 @@ def barrier_kernel(table_high, table_low, rank, token, WORLD: tl.constexpr, LANE
             flashcomm_wait: atom.global.sys.acquire.cas.b32 %old, [$1], 1, 0;
             setp.eq.u32 %done, %old, 1; @!%done bra flashcomm_wait; mov.u32 $0, %old; }""",
             "=r, l", [wait], dtype=tl.int32, is_pure=False, pack=1)
-    _mark(token)
+
+
+@triton.jit
+def _barrier_when_last(table, counter, rank, WORLD: tl.constexpr):
+    """The barrier at the end of a kernel, run by its last program to finish: each program counts itself in once
+    all its threads have stored (bar.sync, then a release at GPU scope, as cooperative groups' grid sync does), so
+    the last one has seen every program's writes and its barrier publishes them all to the peers. It resets the
+    counter (slot `counter` of the table's last row) for the next launch. The kernel ends when every rank has
+    reached the same point: the next kernel may read the peers' writes. One launch fewer than a barrier kernel.
+
+    A kernel that waits for another kernel must not need the host meanwhile: loading a new binary may wait for the
+    GPU to go idle. Every rank therefore runs the same binary (`rank` is not specialised: Triton would give rank 1 its
+    own), which matters where ranks share a GPU, as the tests' simulated ranks do."""
+    count = (table + 2 * WORLD + counter).to(tl.pointer_type(tl.int32))
+    tl.debug_barrier()
+    arrived = tl.atomic_add(count, 1, sem="acq_rel", scope="gpu")
+    if arrived == tl.num_programs(0) - 1:
+        tl.store(count, 0)
+        _barrier(table, rank, WORLD)
 
 
 def _address(table_address: int) -> tuple[int, int]:
@@ -463,30 +493,33 @@ def _address(table_address: int) -> tuple[int, int]:
     return table_address >> split, table_address & ((1 << split) - 1)
 
 
-def _launch(name: str, layout: PayloadLayout) -> tuple[int, int]:
-    """Groups per program and warps of kernel `name`: one group per thread where it takes whole groups in registers
-    (see _runs): the quantize with rotation or spikes, the dequantizes with rotation; the dequant-sum-requantize
-    never (its tile is the same with or without rotation)."""
+def _launch(name: str, layout: PayloadLayout) -> tuple[int, int, bool]:
+    """Groups per program, warps, and whether each thread holds whole groups (the kernels' PER_THREAD) of kernel
+    `name`: one group per thread where it takes whole groups in registers (see _runs): the quantize with rotation or
+    spikes, the dequantizes with rotation, groups up to GROUP_PER_THREAD_MAX values; the dequant-sum-requantize never
+    (its tile is the same with or without rotation)."""
     launch = LAUNCH[name]
     whole = (layout.rotate or layout.spike_reserve) if name == "quantize" else (
         layout.rotate and name.startswith("dequantize"))
-    return launch.block_groups(layout.group_size, whole and layout.group_size <= GROUP_PER_THREAD_MAX), launch.warps
+    per_thread = whole and layout.group_size <= GROUP_PER_THREAD_MAX
+    return launch.block_groups(layout.group_size, per_thread), launch.warps, per_thread
 
 
 def quantize(x: torch.Tensor, layout: PayloadLayout) -> torch.Tensor:
     """The payload [W, chunk_bytes], chunk c for rank c."""
     out = torch.empty((layout.world_size, layout.chunk_bytes), dtype=torch.uint8, device=x.device)
     total_groups = layout.world_size * layout.groups_per_chunk
-    block, warps = _launch("quantize", layout)
+    block, warps, per_thread = _launch("quantize", layout)
     wrap_triton(quantize_kernel)[(triton.cdiv(total_groups, block),)](
         x.contiguous(), out, x.numel(), total_groups, layout.groups_per_chunk, layout.chunk_bytes, BITS=layout.bits,
-        G=layout.group_size, SPIKE=layout.spike_reserve, ROTATE=layout.rotate, BLOCK_G=block, num_warps=warps)
+        G=layout.group_size, SPIKE=layout.spike_reserve, ROTATE=layout.rotate, BLOCK_G=block, PER_THREAD=per_thread,
+        num_warps=warps)
     return out
 
 
 def dequant_sum_requant(received: torch.Tensor, layout: PayloadLayout, out_bits: int) -> torch.Tensor:
     out = torch.empty((1, layout.with_bits(out_bits).chunk_bytes), dtype=torch.uint8, device=received.device)
-    block, warps = _launch("dequant_sum_requant", layout)
+    block, warps, _ = _launch("dequant_sum_requant", layout)
     wrap_triton(dequant_sum_requant_kernel)[(triton.cdiv(layout.groups_per_chunk, block),)](
         received.contiguous(), out, layout.groups_per_chunk, layout.chunk_bytes, WORLD=layout.world_size,
         IN_BITS=layout.bits, OUT_BITS=out_bits, G=layout.group_size, SPIKE=layout.spike_reserve, BLOCK_G=block,
@@ -496,50 +529,49 @@ def dequant_sum_requant(received: torch.Tensor, layout: PayloadLayout, out_bits:
 
 def dequantize(gathered: torch.Tensor, layout: PayloadLayout, dtype: torch.dtype, shape) -> torch.Tensor:
     out = torch.empty(shape, dtype=dtype, device=gathered.device)
-    block, warps = _launch("dequantize", layout)
+    block, warps, per_thread = _launch("dequantize", layout)
     wrap_triton(dequantize_kernel)[(triton.cdiv(layout.groups_per_chunk, block) * layout.world_size,)](
         gathered.contiguous(), out, layout.numel, layout.groups_per_chunk, layout.chunk_bytes,
         WORLD=layout.world_size, BITS=layout.bits, G=layout.group_size, SPIKE=layout.spike_reserve,
-        ROTATE=layout.rotate, BLOCK_G=block, num_warps=warps)
+        ROTATE=layout.rotate, BLOCK_G=block, PER_THREAD=per_thread,
+        num_warps=warps)
     return out
 
 
 def quantize_symm(x: torch.Tensor, table_address: int, rank: int, stride: int, layout: PayloadLayout,
-                  after: torch.Tensor, token: torch.Tensor) -> None:
+                  after: torch.Tensor, token: torch.Tensor, barrier: bool = True) -> None:
     """quantize into this rank's symmetric buffer (`table_address`: the workspace's address table), chunk c at
-    c * stride bytes, once `after` is written; writes `token`."""
+    c * stride bytes, once `after` is written, then wait for every rank to have done so (without `barrier`: for
+    ranks simulated one after another, under Triton's interpreter); writes `token`."""
     total_groups = layout.world_size * layout.groups_per_chunk
-    block, warps = _launch("quantize", layout)
+    block, warps, per_thread = _launch("quantize", layout)
     wrap_triton(quantize_symm_kernel)[(triton.cdiv(total_groups, block),)](
         x.contiguous(), *_address(table_address), rank, after, token, x.numel(), total_groups,
-        layout.groups_per_chunk, stride, BITS=layout.bits, G=layout.group_size, SPIKE=layout.spike_reserve,
-        ROTATE=layout.rotate, BLOCK_G=block, num_warps=warps)
+        layout.groups_per_chunk, stride // 16, BITS=layout.bits, G=layout.group_size, SPIKE=layout.spike_reserve,
+        ROTATE=layout.rotate, BLOCK_G=block, PER_THREAD=per_thread, WORLD=layout.world_size, BARRIER=barrier,
+        num_warps=warps)
 
 
 def dequant_sum_requant_peers(table_address: int, in_offset: int, out_offset: int, rank: int, layout: PayloadLayout,
-                              out_bits: int, token: torch.Tensor) -> None:
+                              out_bits: int, token: torch.Tensor, barrier: bool = True) -> None:
     """dequant_sum_requant of the chunks every rank holds `in_offset` bytes into its symmetric buffer, written
-    `out_offset` bytes into this rank's (every address + offset 16-byte aligned); writes `token`."""
-    block, warps = _launch("dequant_sum_requant_peers", layout)
+    `out_offset` bytes into this rank's (every address + offset 16-byte aligned), then wait for every rank to have
+    done so (see quantize_symm); writes `token`."""
+    block, warps, _ = _launch("dequant_sum_requant_peers", layout)
     wrap_triton(dequant_sum_requant_peers_kernel)[(triton.cdiv(layout.groups_per_chunk, block),)](
         *_address(table_address), in_offset, out_offset, rank, token, layout.groups_per_chunk, WORLD=layout.world_size,
         IN_BITS=layout.bits, OUT_BITS=out_bits, G=layout.group_size, SPIKE=layout.spike_reserve, BLOCK_G=block,
-        num_warps=warps)
+        BARRIER=barrier, num_warps=warps)
 
 
 def dequantize_peers(table_address: int, offset: int, layout: PayloadLayout, dtype: torch.dtype, shape,
                      token: torch.Tensor) -> torch.Tensor:
     """dequantize of the chunks every rank holds `offset` bytes into its symmetric buffer; writes `token`."""
     out = torch.empty(shape, dtype=dtype, device=token.device)
-    block, warps = _launch("dequantize_peers", layout)
+    block, warps, per_thread = _launch("dequantize_peers", layout)
     wrap_triton(dequantize_peers_kernel)[(triton.cdiv(layout.groups_per_chunk, block) * layout.world_size,)](
         *_address(table_address), offset, out, token, layout.numel, layout.groups_per_chunk, WORLD=layout.world_size,
         BITS=layout.bits, G=layout.group_size, SPIKE=layout.spike_reserve, ROTATE=layout.rotate, BLOCK_G=block,
-        num_warps=warps)
+        PER_THREAD=per_thread, num_warps=warps)
     return out
 
-
-def barrier(table_address: int, rank: int, world_size: int, token: torch.Tensor) -> None:
-    """Wait until every rank of the workspace's group reached this point (see barrier_kernel); writes `token`."""
-    wrap_triton(barrier_kernel)[(1,)](*_address(table_address), rank, token, WORLD=world_size,
-                                     LANES=triton.next_power_of_2(world_size), num_warps=1)

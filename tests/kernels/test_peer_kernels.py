@@ -1,18 +1,22 @@
 """The symmetric-memory kernels, which reach every rank's buffer through a table of addresses, against the
 all-to-all path's kernels: W simulated ranks in one process, each rank's "symmetric buffer" a tensor of this process
 whose address goes into the table. Payloads, gathered chunks and outputs must be the same bytes, and every kernel
-writes its token. (The barrier kernel is GPU-only inline assembly: the multi-GPU tests run it.)"""
+writes its token. On a GPU each simulated rank runs on a stream of its own with the barriers the first two kernels
+end in (a barrier that let a rank through early, or never, fails or hangs here); under Triton's interpreter, which
+runs the ranks one after another, without them (the barrier is GPU inline assembly)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
 
 import pytest
 import torch
 from hypothesis import assume, given, settings
 
 from flashcomm_compile.kernels import triton_kernels
-from flashcomm_compile.symmetric import SymmetricLayout
+from flashcomm_compile.symmetric import MAX_WORLD_SIZE, SymmetricLayout, address_table
 from flashcomm_compile.pipeline import simulate
 from tests.kernels.test_triton_kernels import DEVICES
 from tests.strategies import PIPELINE_CASES, interpreter_misreads, make_activation
@@ -34,17 +38,10 @@ def test_peer_kernels_give_the_all_to_all_paths_bytes(device, world, dtype, dist
     expected, layout = simulate(triton_kernels, inputs, reduce_bits, gather_bits, group_size, spike, rotate)
     symmetric = SymmetricLayout(layout, gather_bits)
     buffers = [torch.full((symmetric.total_bytes,), 0xAB, dtype=torch.uint8, device=device) for _ in inputs]
-    pads = [0] * world  # the barrier's signal pads: not read by these kernels
-    table = torch.tensor([[b.data_ptr() for b in buffers], pads], dtype=torch.int64, device=device)
-    address = table.data_ptr()
+    pads = [torch.zeros(MAX_WORLD_SIZE, dtype=torch.int32, device=device) for _ in inputs]
+    tables = [address_table([b.data_ptr() for b in buffers], [p.data_ptr() for p in pads], device) for _ in inputs]
     tokens = [torch.full((1,), 7, dtype=torch.int32, device=device) for _ in range(3 * world)]
-    for rank, x in enumerate(inputs):
-        triton_kernels.quantize_symm(x, address, rank, symmetric.stride, layout, tokens[rank], tokens[rank])
-    for rank in range(world):
-        triton_kernels.dequant_sum_requant_peers(address, rank * symmetric.stride, symmetric.reduced_offset, rank,
-                                                 layout, gather_bits, tokens[world + rank])
-    outputs = [triton_kernels.dequantize_peers(address, symmetric.reduced_offset, symmetric.reduced, dtype, x.shape,
-                                               tokens[2 * world + rank]) for rank, x in enumerate(inputs)]
+    outputs = _run_ranks(inputs, symmetric, gather_bits, [t.data_ptr() for t in tables], tokens)
     payloads = [symmetric.payload_in(b) for b in buffers]
 
     for payload, sent in zip(payloads, expected.sent):
@@ -53,6 +50,46 @@ def test_peer_kernels_give_the_all_to_all_paths_bytes(device, world, dtype, dist
     for out in outputs:
         assert torch.equal(out.view(torch.uint8), expected.outputs[0].view(torch.uint8))
     assert all(t.item() == 0 for t in tokens)
+    assert all(p.count_nonzero() == 0 for p in pads) and all(t[-2:].count_nonzero() == 0 for t in tables)
+
+
+def _run_ranks(inputs, symmetric: SymmetricLayout, gather_bits: int, tables: list[int], tokens) -> list[torch.Tensor]:
+    """Each rank's three kernels on its own stream (GPU, with barriers) or one rank after another (interpreter)."""
+    world, layout, device = len(inputs), symmetric.payload, inputs[0].device
+    gpu = device.type == "cuda"
+    streams = [torch.cuda.Stream(device) for _ in inputs] if gpu else []
+    for stream in streams:
+        stream.wait_stream(torch.cuda.current_stream(device))
+
+    def on(rank):
+        return torch.cuda.stream(streams[rank]) if gpu else contextlib.nullcontext()
+
+    for rank, x in enumerate(inputs):
+        with on(rank):
+            triton_kernels.quantize_symm(x, tables[rank], rank, symmetric.stride, layout, tokens[rank], tokens[rank],
+                                         barrier=gpu)
+    for rank in range(world):
+        with on(rank):
+            triton_kernels.dequant_sum_requant_peers(tables[rank], rank * symmetric.stride, symmetric.reduced_offset,
+                                                     rank, layout, gather_bits, tokens[world + rank], barrier=gpu)
+    outputs = []
+    for rank, x in enumerate(inputs):
+        with on(rank):
+            outputs.append(triton_kernels.dequantize_peers(tables[rank], symmetric.reduced_offset, symmetric.reduced,
+                                                           x.dtype, x.shape, tokens[2 * world + rank]))
+    for stream in streams:
+        _finished(stream)
+    return outputs
+
+
+def _finished(stream, seconds: float = 60.0) -> None:
+    """Wait for the stream's kernels, failing (rather than hanging) when a barrier never opens."""
+    done = stream.record_event()
+    deadline = time.monotonic() + seconds
+    while not done.query():
+        assert time.monotonic() < deadline, "a barrier did not open within a minute: the ranks are stuck"
+        time.sleep(0.001)
+    torch.cuda.current_stream(stream.device).wait_stream(stream)
 
 
 def test_symmetric_layout_aligns_every_chunk():
