@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
+from .. import symmetric
 from . import reference
 from .launches import GROUP_PER_THREAD_MAX, LAUNCH
 from .layout import PayloadLayout
@@ -58,6 +59,8 @@ FLOAT32_MAX: tl.constexpr = tl.constexpr(reference.FLOAT32_MAX)
 SHRINK: tl.constexpr = tl.constexpr(reference.SHRINK)
 FLOAT16_MAX: tl.constexpr = tl.constexpr(torch.finfo(torch.float16).max)
 BFLOAT16_MAX: tl.constexpr = tl.constexpr(torch.finfo(torch.bfloat16).max)
+BARRIER_LANES: tl.constexpr = tl.constexpr(symmetric.BARRIER_LANES)
+COUNTER_STRIDE: tl.constexpr = tl.constexpr(symmetric.COUNTER_STRIDE)
 ADDRESS_SPLIT: tl.constexpr = tl.constexpr(24)  # bits of a workspace address in its low part (`_table`)
 MAGIC: tl.constexpr = tl.constexpr(8388608.0)  # 2^23: a float in [2^23, 2^24) holds an integer in its mantissa bits
 MAGIC_BITS: tl.constexpr = tl.constexpr(0x4B000000)  # the bits of 2^23 as a float32
@@ -440,51 +443,47 @@ def dequantize_peers_kernel(table_high, table_low, in_offset, out, token, numel,
 
 
 @triton.jit
-def _thread_index():
-    return tl.inline_asm_elementwise("mov.u32 $0, %tid.x;", "=r", [], dtype=tl.int32, is_pure=True, pack=1)
-
-
-@triton.jit
 def _barrier(table, rank, WORLD: tl.constexpr):
-    """Every rank of the workspace's group waits here for every other, as torch's symmetric-memory barrier does:
-    thread p (one lane per peer) sets this rank's flag in peer p's signal pad once it is clear (release, system
-    scope: the writes this thread has seen become visible to p) and waits for p's flag in its own pad, clearing it
-    (acquire). Lane p of a warp-wide vector lives on thread p (and its copies on the other warps' thread p), so
-    thread p alone acts for peer p."""
-    peer = tl.arange(0, 32)
-    pads = tl.load(table + WORLD + peer, mask=peer < WORLD, other=0)
-    send = pads.to(tl.pointer_type(tl.uint32)) + rank
-    wait = tl.load(table + WORLD + rank).to(tl.pointer_type(tl.uint32)) + peer
-    if _thread_index() < WORLD:
-        tl.inline_asm_elementwise(
-            """{ .reg .u32 %old; .reg .pred %done;
-            flashcomm_send: atom.global.release.sys.cas.b32 %old, [$1], 0, 1;
-            setp.eq.u32 %done, %old, 0; @!%done bra flashcomm_send; mov.u32 $0, %old; }""",
-            "=r, l", [send], dtype=tl.int32, is_pure=False, pack=1)
-        tl.inline_asm_elementwise(
-            """{ .reg .u32 %old; .reg .pred %done;
-            flashcomm_wait: atom.global.sys.acquire.cas.b32 %old, [$1], 1, 0;
-            setp.eq.u32 %done, %old, 1; @!%done bra flashcomm_wait; mov.u32 $0, %old; }""",
-            "=r, l", [wait], dtype=tl.int32, is_pure=False, pack=1)
+    """Every rank of the workspace's group waits here for every other, as torch's symmetric-memory barrier does: for
+    each peer p, this rank's flag in p's signal pad is set once it is clear (release, system scope: the writes this
+    thread has seen become visible to p), then each peer's flag in this rank's pad is awaited and cleared (acquire).
+    Scalar atomics, so one thread does it all; no inline assembly, which torch's analysis of what a kernel writes
+    cannot read (it would take every argument for written, and the compiled graph would copy the inputs)."""
+    own = tl.load(table + WORLD + rank).to(tl.pointer_type(tl.int32))
+    for peer in tl.static_range(WORLD):
+        pad = tl.load(table + WORLD + peer).to(tl.pointer_type(tl.int32))
+        while tl.atomic_cas(pad + rank, 0, 1, sem="release", scope="sys") != 0:
+            pass
+    for peer in tl.static_range(WORLD):
+        while tl.atomic_cas(own + peer, 1, 0, sem="acquire", scope="sys") != 1:
+            pass
 
 
 @triton.jit
-def _barrier_when_last(table, counter, rank, WORLD: tl.constexpr):
+def _barrier_when_last(table, kernel, rank, WORLD: tl.constexpr):
     """The barrier at the end of a kernel, run by its last program to finish: each program counts itself in once
     all its threads have stored (bar.sync, then a release at GPU scope, as cooperative groups' grid sync does), so
-    the last one has seen every program's writes and its barrier publishes them all to the peers. It resets the
-    counter (slot `counter` of the table's last row) for the next launch. The kernel ends when every rank has
-    reached the same point: the next kernel may read the peers' writes. One launch fewer than a barrier kernel.
+    the last one has seen every program's writes and its barrier publishes them all to the peers. Program p counts
+    on sub-counter p % LANES; the program completing a sub-counter counts on the one over them (symmetric.py: one
+    counter for all queued the programs' atomics). Completed counters are reset for the next launch; `kernel` picks
+    this kernel's counters. The kernel ends when every rank has reached the same point: the next kernel may read
+    the peers' writes. One launch fewer than a barrier kernel.
 
     A kernel that waits for another kernel must not need the host meanwhile: loading a new binary may wait for the
     GPU to go idle. Every rank therefore runs the same binary (`rank` is not specialised: Triton would give rank 1 its
     own), which matters where ranks share a GPU, as the tests' simulated ranks do."""
-    count = (table + 2 * WORLD + counter).to(tl.pointer_type(tl.int32))
+    counters = table + 2 * WORLD + kernel * (BARRIER_LANES + 1) * COUNTER_STRIDE
+    programs = tl.num_programs(0)
+    lane = tl.program_id(0) % BARRIER_LANES
+    lane_programs = (programs - 1 - lane) // BARRIER_LANES + 1
+    sub = (counters + lane * COUNTER_STRIDE).to(tl.pointer_type(tl.int32))
+    top = (counters + BARRIER_LANES * COUNTER_STRIDE).to(tl.pointer_type(tl.int32))
     tl.debug_barrier()
-    arrived = tl.atomic_add(count, 1, sem="acq_rel", scope="gpu")
-    if arrived == tl.num_programs(0) - 1:
-        tl.store(count, 0)
-        _barrier(table, rank, WORLD)
+    if tl.atomic_add(sub, 1, sem="release", scope="gpu") == lane_programs - 1:
+        tl.atomic_xchg(sub, 0, sem="acquire", scope="gpu")
+        if tl.atomic_add(top, 1, sem="acq_rel", scope="gpu") == tl.minimum(programs, BARRIER_LANES) - 1:
+            tl.store(top, 0)
+            _barrier(table, rank, WORLD)
 
 
 def _address(table_address: int) -> tuple[int, int]:

@@ -34,6 +34,21 @@ INTERPRETED_EXAMPLES = 10
 def test_peer_kernels_give_the_all_to_all_paths_bytes(device, world, dtype, distribution, numel, seed, reduce_bits,
                                                       gather_bits, group_size, spike, rotate):
     assume(not interpreter_misreads(device, dtype, distribution))
+    _check_peer_kernels(device, world, dtype, distribution, numel, seed, reduce_bits, gather_bits, group_size, spike,
+                        rotate)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("world", [2, 3])
+def test_barriers_count_every_program_of_a_large_launch(world):
+    """Thousands of programs per kernel, more than the barrier's sub-counters (each then counts many programs, and
+    one program completes each): the ranks still see each other's every chunk, and the counters end at zero."""
+    _check_peer_kernels("cuda", world, torch.bfloat16, "outliers", 3_000_017, 5, 4, 8, 128, False, False)
+
+
+def _check_peer_kernels(device, world, dtype, distribution, numel, seed, reduce_bits, gather_bits, group_size, spike,
+                        rotate):
     inputs = [make_activation(numel, dtype, distribution, seed + r, world).to(device) for r in range(world)]
     expected, layout = simulate(triton_kernels, inputs, reduce_bits, gather_bits, group_size, spike, rotate)
     symmetric = SymmetricLayout(layout, gather_bits)
@@ -50,7 +65,7 @@ def test_peer_kernels_give_the_all_to_all_paths_bytes(device, world, dtype, dist
     for out in outputs:
         assert torch.equal(out.view(torch.uint8), expected.outputs[0].view(torch.uint8))
     assert all(t.item() == 0 for t in tokens)
-    assert all(p.count_nonzero() == 0 for p in pads) and all(t[-2:].count_nonzero() == 0 for t in tables)
+    assert all(p.count_nonzero() == 0 for p in pads) and all(t[2 * world:].count_nonzero() == 0 for t in tables)
 
 
 def _run_ranks(inputs, symmetric: SymmetricLayout, gather_bits: int, tables: list[int], tokens) -> list[torch.Tensor]:

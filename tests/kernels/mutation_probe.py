@@ -1,0 +1,69 @@
+"""Prints, as JSON, which tensor arguments torch's analysis of user-defined Triton kernels takes each of the
+pipeline's kernels to write. Run as its own process without TRITON_INTERPRET (under the interpreter the kernels are
+not JIT functions): the analysis reads the kernels' TTIR, which Triton's CUDA front end builds without a GPU once
+the active driver names a target."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+
+
+class _Sm90:
+    def get_current_target(self):
+        return GPUTarget("cuda", 90, 32)
+
+
+def written(kernel, tensors: dict, scalars: dict) -> list[str]:
+    from torch._higher_order_ops.triton_kernel_wrap import get_mutated_tensors, kernel_side_table
+
+    kernel_idx = kernel_side_table.add_kernel(kernel)
+    constants_idx = kernel_side_table.add_constant_args(scalars)
+    return sorted(get_mutated_tensors(kernel_idx, constants_idx, tensors, {}))
+
+
+def main() -> None:
+    if not torch.cuda.is_available():
+        triton.runtime.driver.set_active(_Sm90())
+    from flashcomm_compile.kernels import triton_kernels as k
+
+    def values():
+        return torch.empty(4096, dtype=torch.bfloat16)
+
+    def token():
+        return torch.empty(1, dtype=torch.int32)
+
+    table = dict(table_high=1 << 20, table_low=4096)
+    quantize = dict(BITS=4, G=128, SPIKE=False, BLOCK_G=32, numel=4096, total_groups=32, groups_per_chunk=16)
+    dequantize = dict(BITS=8, G=128, SPIKE=False, BLOCK_G=32, numel=4096, groups_per_chunk=16, WORLD=2)
+    reduce = dict(IN_BITS=4, OUT_BITS=8, G=128, SPIKE=False, BLOCK_G=32, groups_per_chunk=16, WORLD=2)
+    report = {}
+    for rotate in (False, True):
+        shape = dict(ROTATE=rotate, PER_THREAD=rotate)
+        report[f"quantize rotate={rotate}"] = written(
+            k.quantize_kernel, dict(x=values(), payload=torch.empty(4096, dtype=torch.uint8)),
+            dict(quantize, chunk_bytes=2048, **shape))
+        report[f"quantize_symm rotate={rotate}"] = written(
+            k.quantize_symm_kernel, dict(x=values(), after=values(), token=token()),
+            dict(quantize, **table, rank=0, stride16=128, WORLD=2, BARRIER=True, **shape))
+        report[f"dequantize rotate={rotate}"] = written(
+            k.dequantize_kernel, dict(payload=torch.empty(4096, dtype=torch.uint8), out=values()),
+            dict(dequantize, chunk_bytes=2048, **shape))
+        report[f"dequantize_peers rotate={rotate}"] = written(
+            k.dequantize_peers_kernel, dict(out=values(), token=token()),
+            dict(dequantize, **table, in_offset=0, **shape))
+    report["dequant_sum_requant"] = written(
+        k.dequant_sum_requant_kernel, dict(received=torch.empty(4096, dtype=torch.uint8),
+                                           out=torch.empty(4096, dtype=torch.uint8)),
+        dict(reduce, in_chunk_bytes=2048))
+    report["dequant_sum_requant_peers"] = written(
+        k.dequant_sum_requant_peers_kernel, dict(token=token()),
+        dict(reduce, **table, in_offset=0, out_offset=4096, rank=0, BARRIER=True))
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
