@@ -1,9 +1,9 @@
 """The two-step all-reduce over symmetric memory: every GPU of the group maps its peers' buffers (NVLink), so the
 all-to-all is folded into the dequantize-sum-requantize kernel's loads and the all-gather into the dequantize
-kernel's. One all-reduce is then three kernels (`pipeline.SymmetricPipeline`), the first two ending in a barrier, no
-NCCL call, and the quantized bytes cross the link once, read by the kernel that needs them. The compiled code reaches the
-workspace through the address of its table, a constant: the workspace is allocated when the graph is compiled, and
-kept for the life of the process.
+kernel's. One all-reduce is then three kernels (`pipeline.SymmetricPipeline`), the first two ending in a barrier,
+no NCCL call, and the quantized bytes cross the link once, read by the kernel that needs them. The compiled code
+reaches the workspace through the address of its table, a constant: the workspace is allocated when the graph is
+compiled, and kept for the life of the process.
 
 Each rank's buffer holds the W first-step chunks it quantized (chunk r is read by rank r), then the requantized
 chunk it reduced (read by every rank). Between the steps a barrier makes the writes visible; the second barrier
@@ -106,7 +106,7 @@ def workspace(group_name: str, device: torch.device, nbytes: int) -> Workspace:
 # The barriers' program counters (triton_kernels._barrier_when_last), after the addresses in the table: for each of
 # the two kernels that end in a barrier, BARRIER_LANES sub-counters and one over them, COUNTER_STRIDE int64 slots
 # (256 bytes) apart. Every program counting on one address cost 1.25 ns a program (serialised atomics: +40 us for
-# the 134 MB all-reduce's 32768 programs on an H200); spread over 64 they no longer queue behind each other.
+# the 134 MB all-reduce's 32768 programs, W = 1 on an H200); spread over 64 they no longer queue behind each other.
 BARRIER_LANES = 64
 COUNTER_STRIDE = 32
 BARRIER_COUNTER_SLOTS = 2 * (BARRIER_LANES + 1) * COUNTER_STRIDE
@@ -115,7 +115,8 @@ BARRIER_COUNTER_SLOTS = 2 * (BARRIER_LANES + 1) * COUNTER_STRIDE
 def address_table(buffers: list[int], signal_pads: list[int], device) -> torch.Tensor:
     """What the kernels read of a workspace, one int64 tensor: every rank's buffer address, every rank's signal pad
     address, then this rank's barrier counters (zero between launches)."""
-    return torch.tensor(list(buffers) + list(signal_pads) + [0] * BARRIER_COUNTER_SLOTS, dtype=torch.int64, device=device)
+    counters = [0] * BARRIER_COUNTER_SLOTS
+    return torch.tensor(list(buffers) + list(signal_pads) + counters, dtype=torch.int64, device=device)
 
 
 def _create(group_name: str, device: torch.device, size: int) -> Workspace:

@@ -262,9 +262,9 @@ def _views(payload):
 def _quantize(x, payload, numel, total_groups, groups_per_chunk, chunk_bytes, BITS: tl.constexpr, G: tl.constexpr,
               SPIKE: tl.constexpr, ROTATE: tl.constexpr, BLOCK_G: tl.constexpr, PER_THREAD: tl.constexpr):
     """Spike reserving (argmax) and rotation take whole groups as one tile. Otherwise each group is read in parts of
-    32 values, each part as its own [BLOCK_G, 32] tile: 4 threads share a group rather than 16, so the per-group work (the
-    reductions' shuffles, three divisions) is repeated on 4 threads, and each thread holds a group's parts side by
-    side. Each part is read twice: for min/max, then for its codes."""
+    32 values, each part as its own [BLOCK_G, 32] tile: 4 threads share a group rather than 16, so the per-group work
+    (the reductions' shuffles, three divisions) is repeated on 4 threads, and each thread holds a group's parts side
+    by side. Each part is read twice: for min/max, then for its codes."""
     u8, f32, i16 = _views(payload)
     group = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
     valid = group < total_groups
@@ -362,9 +362,9 @@ def quantize_symm_kernel(x, table_high, table_low, rank, after, token, numel, to
                          BARRIER: tl.constexpr):
     """quantize_kernel writing into this rank's symmetric buffer, chunk c at c * 16 * stride16 bytes (in 16-byte
     units, so that the compiler knows every chunk aligned whatever sizes it was given: without that hint the rotated
-    kernel took 255 registers and spilled), then (BARRIER) the first barrier: the kernel ends once every rank's chunks
-    are written. `after` (not read) is the token of the all-reduce
-    before it on this workspace: the graph orders this kernel after that one's last."""
+    kernel took 255 registers and spilled), then (BARRIER) the first barrier: the kernel ends once every rank's
+    chunks are written. `after` (not read) is the token of the all-reduce before it on this workspace: the graph
+    orders this kernel after that one's last."""
     table = _table(table_high, table_low)
     _quantize(x, _peer_chunk(table, rank, 0), numel, total_groups, groups_per_chunk, stride16 * 16, BITS, G, SPIKE,
               ROTATE, BLOCK_G, PER_THREAD)
@@ -461,13 +461,14 @@ def _barrier(table, rank, WORLD: tl.constexpr):
 
 @triton.jit
 def _barrier_when_last(table, kernel, rank, WORLD: tl.constexpr):
-    """The barrier at the end of a kernel, run by its last program to finish: each program counts itself in once
-    all its threads have stored (bar.sync, then a release at GPU scope, as cooperative groups' grid sync does), so
-    the last one has seen every program's writes and its barrier publishes them all to the peers. Program p counts
-    on sub-counter p % LANES; the program completing a sub-counter counts on the one over them (symmetric.py: one
-    counter for all queued the programs' atomics). Completed counters are reset for the next launch; `kernel` picks
-    this kernel's counters. The kernel ends when every rank has reached the same point: the next kernel may read
-    the peers' writes. One launch fewer than a barrier kernel.
+    """The barrier at the end of a kernel, run by its last program to finish, one launch fewer than a barrier
+    kernel. Each program counts itself in once all its threads have stored (bar.sync, then an atomic add with
+    release semantics at GPU scope, as cooperative groups' grid sync does): program p on sub-counter p % LANES, the
+    program completing a sub-counter on the counter over them (one counter for all programs queued their atomics:
+    symmetric.py). Only a completing program acquires (an acquire by every program would invalidate L1 under its
+    neighbours), with the exchange that resets its counter for the next launch; so the last one has seen every
+    program's writes, and its barrier publishes them all to the peers. `kernel` picks this kernel's counters. The
+    kernel ends when every rank has reached the same point: the next kernel may read the peers' writes.
 
     A kernel that waits for another kernel must not need the host meanwhile: loading a new binary may wait for the
     GPU to go idle. Every rank therefore runs the same binary (`rank` is not specialised: Triton would give rank 1 its
@@ -532,8 +533,7 @@ def dequantize(gathered: torch.Tensor, layout: PayloadLayout, dtype: torch.dtype
     wrap_triton(dequantize_kernel)[(triton.cdiv(layout.groups_per_chunk, block) * layout.world_size,)](
         gathered.contiguous(), out, layout.numel, layout.groups_per_chunk, layout.chunk_bytes,
         WORLD=layout.world_size, BITS=layout.bits, G=layout.group_size, SPIKE=layout.spike_reserve,
-        ROTATE=layout.rotate, BLOCK_G=block, PER_THREAD=per_thread,
-        num_warps=warps)
+        ROTATE=layout.rotate, BLOCK_G=block, PER_THREAD=per_thread, num_warps=warps)
     return out
 
 
