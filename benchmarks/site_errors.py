@@ -52,21 +52,26 @@ def _peak_to_rms(groups: torch.Tensor) -> torch.Tensor:
     return groups.abs().amax(1) / rms.clamp_min(torch.finfo(torch.float64).tiny)
 
 
-def _relative_error(per_rank: list[torch.Tensor], bits, group_size: int, rotate: bool) -> tuple[torch.Tensor, float]:
-    exact = torch.stack([x.double() for x in per_rank]).sum(0).reshape(-1)
+def _exact_sum(per_rank: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack([x.double() for x in per_rank]).sum(0).reshape(-1)
+
+
+def _error(per_rank: list[torch.Tensor], exact: torch.Tensor, bits, group_size: int, rotate: bool) -> torch.Tensor:
+    """The simulated pipeline's output minus the exact sum, float64, flat."""
     run, _ = simulate(reference, per_rank, bits[0], bits[1], group_size, False, rotate)
-    error = run.outputs[0].double().reshape(-1) - exact
-    return error, (error.norm() / exact.norm()).item()
+    return run.outputs[0].double().reshape(-1) - exact
 
 
 def _gaussian_error(per_rank: list[torch.Tensor], bits, group_size: int) -> float:
     generator = torch.Generator().manual_seed(0)
-    return _relative_error([torch.randn(x.shape, generator=generator) for x in per_rank], bits, group_size, False)[1]
+    gaussian = [torch.randn(x.shape, generator=generator) for x in per_rank]
+    exact = _exact_sum(gaussian)
+    return (_error(gaussian, exact, bits, group_size, False).norm() / exact.norm()).item()
 
 
 def site_row(per_rank: list[torch.Tensor], bits: tuple[int, int], group_size: int) -> dict:
     """The site's error with and without rotation, and the outlier statistics that explain it."""
-    exact = torch.stack([x.double() for x in per_rank]).sum(0).reshape(-1)
+    exact = _exact_sum(per_rank)
     groups = exact[: exact.numel() // group_size * group_size].view(-1, group_size)
     ratio = _peak_to_rms(groups)
     ratio_rotated = _peak_to_rms(reference.hadamard(groups.float()).double())
@@ -74,7 +79,8 @@ def site_row(per_rank: list[torch.Tensor], bits: tuple[int, int], group_size: in
                gaussian_error=_gaussian_error(per_rank, bits, group_size))
     peaky_above = (group_size / 2) ** 0.5  # one value holds more than half the group's energy
     for rotation, peaky in (("plain", ratio > peaky_above), ("rotated", ratio_rotated > peaky_above)):
-        error, row[f"{rotation}_error"] = _relative_error(per_rank, bits, group_size, rotation == "rotated")
+        error = _error(per_rank, exact, bits, group_size, rotation == "rotated")
+        row[f"{rotation}_error"] = (error.norm() / exact.norm()).item()
         in_peaky = error[: groups.numel()].view_as(groups)[peaky].norm() ** 2
         row[f"{rotation}_error_share_peaky"] = (in_peaky / error.norm() ** 2).item()
         row[f"{rotation}_peaky_groups"] = peaky.double().mean().item()
