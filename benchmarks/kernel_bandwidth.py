@@ -3,8 +3,8 @@ GPU, at 64 MB of bf16 (counting bytes read plus bytes written, as the copy is co
 
     PYTHONPATH=. python -m benchmarks.kernel_bandwidth [--sweep] [--baseline PATH]
 
---sweep also times every candidate launch (elements per program x warps) of each kernel for INT4/INT8 g128, plain
-and rotated, and prints the fastest plain ones in FLASHCOMM_LAUNCH's syntax, which
+--sweep also times every candidate launch of each kernel for INT4/INT8 g128: elements per program x warps plain, the
+warps of the one-group-per-thread launch rotated; it prints the fastest in FLASHCOMM_LAUNCH's syntax, which
 `flashcomm_compile.kernels.launches.LAUNCH` is then set to.
 --baseline times another version of triton_kernels.py (e.g. `git show REV:flashcomm_compile/kernels/triton_kernels.py`
 saved under the ignored .device/) in the same run, beside the current one.
@@ -13,6 +13,7 @@ saved under the ignored .device/) in the same run, beside the current one.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import itertools
 import sys
@@ -30,6 +31,7 @@ WORLD = 2
 CONFIGS = [(4, 8, False, False), (8, 8, False, False), (2, 8, True, False), (4, 8, False, True)]  # bits, spike, rotate
 SWEEP_ELEMENTS = (2048, 4096, 8192, 16384)
 SWEEP_WARPS = (2, 4, 8)
+SWEEP_PER_THREAD_WARPS = (1, 2, 4, 8)
 
 
 def _gbps(nbytes: int, ms: float) -> float:
@@ -68,14 +70,20 @@ def _time(fn) -> float:
     return do_bench_cudagraph(fn, rep=100, return_mode="median")
 
 
-def each_launch(kernel: str):
-    """Every candidate launch of `kernel`, as a row to fill, with LAUNCH[kernel] set to it while the caller times it;
-    the launch in use before is put back afterwards, also on error."""
+def each_launch(kernel: str, per_thread: bool = False):
+    """Every candidate launch of `kernel` (with `per_thread`: of its one-group-per-thread launch, rotated), as a row
+    to fill, with LAUNCH[kernel] set to it while the caller times it; the launch in use before is put back
+    afterwards, also on error."""
     chosen = LAUNCH[kernel]
     try:
-        for elements, warps in itertools.product(SWEEP_ELEMENTS, SWEEP_WARPS):
-            LAUNCH[kernel] = Launch(elements, warps)
-            yield dict(kernel=kernel, elements=elements, warps=warps)
+        if per_thread:
+            for warps in SWEEP_PER_THREAD_WARPS:
+                LAUNCH[kernel] = dataclasses.replace(chosen, per_thread_warps=warps)
+                yield dict(kernel=kernel, per_thread_warps=warps)
+        else:
+            for elements, warps in itertools.product(SWEEP_ELEMENTS, SWEEP_WARPS):
+                LAUNCH[kernel] = dataclasses.replace(chosen, elements=elements, warps=warps)
+                yield dict(kernel=kernel, elements=elements, warps=warps)
     finally:
         LAUNCH[kernel] = chosen
 
@@ -87,7 +95,7 @@ def sweep(x: torch.Tensor, copy_gbps: float) -> list[dict]:
               for name, fn, nbytes in _stages(x, 4, 8, False, rotate)
               if not (rotate and name == "dequant_sum_requant")]
     for name, fn, nbytes, rotate in stages:
-        for row in each_launch(name):
+        for row in each_launch(name, per_thread=rotate):
             row["rotation"] = "hadamard" if rotate else "none"
             rows.append(row)
             try:
@@ -101,12 +109,20 @@ def sweep(x: torch.Tensor, copy_gbps: float) -> list[dict]:
 
 
 def fastest(sweep_rows: list[dict]) -> str:
-    """The fastest launch of each kernel without rotation, in FLASHCOMM_LAUNCH's syntax."""
+    """The fastest launch of each kernel, in FLASHCOMM_LAUNCH's syntax: elements x warps from the plain rows, then
+    the one-group-per-thread warps from the rotated rows where the kernel has any."""
     best = {}
-    for row in (row for row in sweep_rows if "ms" in row and row["rotation"] == "none"):
-        if row["kernel"] not in best or row["ms"] < best[row["kernel"]]["ms"]:
-            best[row["kernel"]] = row
-    return ",".join(f"{name}={row['elements']}x{row['warps']}" for name, row in best.items())
+    for row in (row for row in sweep_rows if "ms" in row):
+        key = (row["kernel"], row["rotation"])
+        if key not in best or row["ms"] < best[key]["ms"]:
+            best[key] = row
+    items = []
+    for (name, rotation), row in best.items():
+        if rotation == "none":
+            rotated = best.get((name, "hadamard"))
+            per_thread = f"x{rotated['per_thread_warps']}" if rotated else ""
+            items.append(f"{name}={row['elements']}x{row['warps']}{per_thread}")
+    return ",".join(items)
 
 
 def main() -> None:
@@ -140,7 +156,8 @@ def main() -> None:
     if args.sweep:
         result["sweep"] = sweep(x, copy_gbps)
         print("launch sweep, INT4/INT8 g128:")
-        print_table(result["sweep"], ["kernel", "rotation", "elements", "warps", "ms", "GBps", "of_copy", "error"])
+        print_table(result["sweep"], ["kernel", "rotation", "elements", "warps", "per_thread_warps", "ms", "GBps",
+                                      "of_copy", "error"])
         result["fastest"] = fastest(result["sweep"])
         print(f"FLASHCOMM_LAUNCH={result['fastest']}")
     card = env["card"].replace(" ", "_")

@@ -7,8 +7,8 @@ import pytest
 
 from benchmarks.fit_cost_model import auto_worst_ratio, fit_line, within_target_in_sample
 from flashcomm_compile.cost_model import Line, Prediction
-from flashcomm_compile.kernels.launches import LAUNCH, Launch
-from benchmarks.kernel_bandwidth import SWEEP_ELEMENTS, SWEEP_WARPS, each_launch, fastest
+from flashcomm_compile.kernels.launches import LAUNCH, Launch, parse_launch
+from benchmarks.kernel_bandwidth import SWEEP_ELEMENTS, SWEEP_PER_THREAD_WARPS, SWEEP_WARPS, each_launch, fastest
 
 
 def test_fit_line_recovers_latency_and_bandwidth():
@@ -45,22 +45,30 @@ def test_a_poorly_fitting_line_is_moved_above_the_sizes_where_auto_would_lose():
 
 
 def test_fastest_launch_per_kernel_in_flashcomm_launch_syntax():
-    """The fastest plain launch: a rotated row (its launch size is fixed by the layout) does not count."""
+    """Elements x warps from the fastest plain row; the one-group-per-thread warps from the fastest rotated row."""
     rows = [dict(kernel="quantize", rotation="none", elements=2048, warps=4, ms=0.05),
             dict(kernel="quantize", rotation="none", elements=8192, warps=4, ms=0.04),
             dict(kernel="quantize", rotation="none", elements=8192, warps=8, error="OutOfResources"),
-            dict(kernel="quantize", rotation="hadamard", elements=2048, warps=8, ms=0.01),
+            dict(kernel="quantize", rotation="hadamard", per_thread_warps=2, ms=0.02),
+            dict(kernel="quantize", rotation="hadamard", per_thread_warps=4, ms=0.01),
             dict(kernel="dequantize", rotation="none", elements=4096, warps=8, ms=0.03)]
-    assert fastest(rows) == "quantize=8192x4,dequantize=4096x8"
+    assert fastest(rows) == "quantize=8192x4x4,dequantize=4096x8"
+    assert parse_launch(fastest(rows)) == {"quantize": Launch(8192, 4, 4),
+                                           "dequantize": Launch(4096, 8, LAUNCH["dequantize"].per_thread_warps)}
 
 
-def test_each_launch_sets_every_candidate_and_puts_the_chosen_one_back():
+@pytest.mark.parametrize("per_thread", [False, True])
+def test_each_launch_sets_every_candidate_and_puts_the_chosen_one_back(per_thread):
     chosen = LAUNCH["quantize"]
-    seen = [(row, LAUNCH["quantize"]) for row in each_launch("quantize")]
-    assert [(r["elements"], r["warps"]) for r, _ in seen] == [(e, w) for e in SWEEP_ELEMENTS for w in SWEEP_WARPS]
-    assert all(launch == Launch(r["elements"], r["warps"]) for r, launch in seen)
+    seen = [(row, LAUNCH["quantize"]) for row in each_launch("quantize", per_thread)]
+    if per_thread:
+        assert [r["per_thread_warps"] for r, _ in seen] == list(SWEEP_PER_THREAD_WARPS)
+        assert all(launch == Launch(chosen.elements, chosen.warps, r["per_thread_warps"]) for r, launch in seen)
+    else:
+        assert [(r["elements"], r["warps"]) for r, _ in seen] == [(e, w) for e in SWEEP_ELEMENTS for w in SWEEP_WARPS]
+        assert all(launch == Launch(r["elements"], r["warps"], chosen.per_thread_warps) for r, launch in seen)
     assert LAUNCH["quantize"] == chosen
     with pytest.raises(RuntimeError):
-        for _ in each_launch("quantize"):
+        for _ in each_launch("quantize", per_thread):
             raise RuntimeError("the kernel failed")
     assert LAUNCH["quantize"] == chosen

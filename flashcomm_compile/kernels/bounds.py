@@ -10,8 +10,9 @@ With rotation these bounds hold in the rotated domain, for y = H x / G (`referen
 returns H y, whose rows are +-1: an error e in the rotated group becomes H e, so each value of the group is off by
 at most sum_j |e_j| (the per-element bound, loose by about sqrt(G) on random errors), and the group's L2 error is
 sqrt(G) ||e||_2 exactly (H / sqrt(G) is orthonormal; `group_l2_error_bound`). The transforms' own float32 rounding
-adds log2(G) units in the last place of the group's largest value per transform, and scaling by 1/G loses at most
-half the smallest subnormal per value.
+adds log2(G) units in the last place of the group's largest value per transform; scaling by 1/G loses at most
+half the smallest subnormal per value in the quantize, and (code + 1) / 2 of them in the last dequantize, which
+scales each group's scale and zero (`reference.unrotate`).
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def _rotation_bounds(sent, gathered, layout: PayloadLayout, gather_bits: int) ->
         largest = y.sum(1) * (1 + 4 * stages * EPS)
         e = e + (stages * EPS * largest + size * SUBNORMAL)[:, None]
     final = _per_group(_values(gathered, layout.with_bits(gather_bits)).abs(), size).amax(1)
-    inverse = size * (stages * EPS * final + size * SUBNORMAL)
+    inverse = size * (stages * EPS * final + (size + (1 << gather_bits)) * SUBNORMAL)
     return e, inverse
 
 

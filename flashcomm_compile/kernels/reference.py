@@ -20,8 +20,8 @@ With rotation each group x is quantized as y = H x / G (H: the +-1 Walsh-Hadamar
 group size; `hadamard`), which spreads an outlier over its group. H is symmetric and H H = G I, so the last dequantize
 gives back H y. The transform is linear: the ranks' rotated groups sum to the rotated sum, and the dequantize-sum-
 requantize runs unchanged in the rotated domain. Scaling by 1/G first keeps every butterfly's sum within the inputs'
-magnitude (no overflow), and the dequantize scales by 1/G before its butterflies and by G after (the output then
-saturates at its dtype's maximum).
+magnitude (no overflow); the dequantize takes the 1/G into each group's scale and zero before its butterflies and
+multiplies by G after (the output then saturates at its dtype's maximum).
 
 With spike reserving the group's first argmax and argmin keep their exact values and min/max are taken over the
 rest. A group holding any inf or NaN gets scale = zero = NaN and no spikes (their index is G, out of range), so all
@@ -31,6 +31,7 @@ and reproduces exactly.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -178,21 +179,31 @@ def decode(payload: torch.Tensor, layout: PayloadLayout) -> QuantizedGroups:
 
 
 def hadamard(groups: torch.Tensor) -> torch.Tensor:
-    """H x / G for each row x of float32 [n, G], as the kernels compute it: x / G, then log2(G) butterfly stages of
-    constant geometry (stage: y[2i] = x[i] + x[i + G/2], y[2i + 1] = x[i] - x[i + G/2]), which give the natural
-    (Sylvester) order. Every partial sum is an average of at most G inputs: no stage can overflow."""
+    """H x / G for each row x of float32 [n, G], as the kernels compute it: x / G, then `butterflies`. Every partial
+    sum is an average of at most G inputs: no stage can overflow."""
+    return butterflies(groups * (1.0 / groups.shape[1]))
+
+
+def butterflies(groups: torch.Tensor) -> torch.Tensor:
+    """H x for each row x of float32 [n, G]: log2(G) butterfly stages of constant geometry (stage: y[2i] = x[i] +
+    x[i + G/2], y[2i + 1] = x[i] - x[i + G/2]), which give the natural (Sylvester) order."""
     n, size = groups.shape
-    x = groups * (1.0 / size)
+    x = groups
     for _ in range(size.bit_length() - 1):
         top, bottom = x[:, : size // 2], x[:, size // 2 :]
         x = torch.stack([top + bottom, top - bottom], dim=2).reshape(n, size)
     return x
 
 
-def unrotate(groups: torch.Tensor) -> torch.Tensor:
-    """The inverse of `hadamard`: H y = G * (H y / G). The quantization error may push a value past float32's
-    maximum: `dequantize` saturates it."""
-    return hadamard(groups) * float(groups.shape[1])
+def unrotate(q: QuantizedGroups) -> torch.Tensor:
+    """The dequantized groups rotated back, as the kernel computes them: G * H (v / G), the inverse of `hadamard`
+    for the dequantized v, whose 1/G goes into each group's scale, zero and spikes (one multiply per group rather
+    than per value; exact unless a scaled scale, zero or value is subnormal). The quantization error may push a value
+    past float32's maximum: `dequantize` saturates it."""
+    size = q.codes.shape[1]
+    scaled = dataclasses.replace(q, **{f: getattr(q, f) * (1.0 / size) for f in ("scale", "zero", "hi", "lo")
+                                       if getattr(q, f) is not None})
+    return butterflies(dequantize_groups(scaled)) * float(size)
 
 
 def quantize(x: torch.Tensor, layout: PayloadLayout) -> torch.Tensor:
@@ -220,9 +231,8 @@ def dequantize(gathered: torch.Tensor, layout: PayloadLayout, dtype: torch.dtype
     """uint8 [W, chunk_bytes] (the requantized chunk of every rank) -> tensor of `dtype` and `shape`, saturated at
     the dtype's largest finite value (an exact sum below 65504 that the quantization error pushed past it comes back
     as 65504 in float16, not inf; the kernel skips this where it cannot change a value: float32 without rotation)."""
-    values = dequantize_groups(decode(gathered, layout))
-    if layout.rotate:
-        values = unrotate(values)
+    q = decode(gathered, layout)
+    values = unrotate(q) if layout.rotate else dequantize_groups(q)
     values = values.reshape(-1)[: layout.numel]
     values = saturate(values, torch.finfo(dtype).max)
     return values.to(dtype).reshape(shape)

@@ -90,9 +90,14 @@ def _saturate(v, MAXIMUM: tl.constexpr):
 
 @triton.jit
 def _hadamard(x, G: tl.constexpr, BLOCK_G: tl.constexpr):
-    """H x / G for each row of x [BLOCK_G, G], as reference.hadamard: x / G, then log2(G) constant-geometry
-    butterflies (y[2i] = x[i] + x[i + G/2], y[2i + 1] = x[i] - x[i + G/2])."""
-    x = x * (1.0 / G)
+    """H x / G for each row of x [BLOCK_G, G], as reference.hadamard: x / G, then _butterflies."""
+    return _butterflies(x * (1.0 / G), G, BLOCK_G)
+
+
+@triton.jit
+def _butterflies(x, G: tl.constexpr, BLOCK_G: tl.constexpr):
+    """H x for each row of x [BLOCK_G, G], as reference.butterflies: log2(G) constant-geometry stages (y[2i] = x[i] +
+    x[i + G/2], y[2i + 1] = x[i] - x[i + G/2])."""
     for stage in tl.static_range(10):
         if (2 << stage) <= G:
             halves = tl.permute(tl.reshape(x, (BLOCK_G, 2, G // 2)), (0, 2, 1))
@@ -214,8 +219,10 @@ def _store_groups(u8, f32, i16, base, group, groups_per_chunk, valid, packed, sc
 
 @triton.jit
 def _load_groups(u8, f32, i16, base, group, groups_per_chunk, valid, BITS: tl.constexpr, G: tl.constexpr,
-                 SPIKE: tl.constexpr, BLOCK_G: tl.constexpr, PER_THREAD: tl.constexpr = False):
-    """Dequantized groups [BLOCK_G, G]; PER_THREAD: one group per thread (see _runs)."""
+                 SPIKE: tl.constexpr, BLOCK_G: tl.constexpr, PER_THREAD: tl.constexpr = False,
+                 TIMES: tl.constexpr = 1.0):
+    """Dequantized groups [BLOCK_G, G], times TIMES (a power of two, taken into each group's scale, zero and spikes);
+    PER_THREAD: one group per thread (see _runs)."""
     NB: tl.constexpr = G * BITS // 8
     if PER_THREAD:
         VEC: tl.constexpr = 16 if NB > 16 else NB
@@ -227,13 +234,13 @@ def _load_groups(u8, f32, i16, base, group, groups_per_chunk, valid, BITS: tl.co
     q = _unpack(packed.to(tl.int32), BITS, G, BLOCK_G)
     start = base + groups_per_chunk * NB
     meta = start // 4 + group
-    scale = tl.load(f32 + meta, mask=valid, other=0.0)
-    zero = tl.load(f32 + meta + groups_per_chunk, mask=valid, other=0.0)
+    scale = tl.load(f32 + meta, mask=valid, other=0.0) * TIMES
+    zero = tl.load(f32 + meta + groups_per_chunk, mask=valid, other=0.0) * TIMES
     v = tl.fma(_to_float(q), scale[:, None], zero[:, None])  # between zero and a finite top: see _group_params
     if SPIKE:
         column = tl.arange(0, G)[None, :]
-        hi = tl.load(f32 + meta + 2 * groups_per_chunk, mask=valid, other=0.0)
-        lo = tl.load(f32 + meta + 3 * groups_per_chunk, mask=valid, other=0.0)
+        hi = tl.load(f32 + meta + 2 * groups_per_chunk, mask=valid, other=0.0) * TIMES
+        lo = tl.load(f32 + meta + 3 * groups_per_chunk, mask=valid, other=0.0) * TIMES
         index = start // 2 + 8 * groups_per_chunk + group
         hi_index = tl.load(i16 + index, mask=valid, other=0).to(tl.int32)
         lo_index = tl.load(i16 + index + groups_per_chunk, mask=valid, other=0).to(tl.int32)
@@ -400,12 +407,13 @@ def dequant_sum_requant_peers_kernel(table_high, table_low, in_offset, out_offse
 def _dequantize_groups(payload, out, numel, source, group, groups_per_chunk, valid, BITS: tl.constexpr,
                        G: tl.constexpr, SPIKE: tl.constexpr, ROTATE: tl.constexpr, BLOCK_G: tl.constexpr,
                        PER_THREAD: tl.constexpr):
-    """Groups `group` of chunk `source` (at `payload`) into their place in `out` (rotated back: reference.unrotate)."""
+    """Groups `group` of chunk `source` (at `payload`) into their place in `out` (rotated back)."""
     u8, f32, i16 = _views(payload)
+    TIMES: tl.constexpr = 1.0 / G if ROTATE else 1.0  # rotated: G * H (v / G), the 1/G per group (reference.unrotate)
     values = _load_groups(u8, f32, i16, tl.zeros((BLOCK_G,), tl.int64), group, groups_per_chunk, valid, BITS, G,
-                          SPIKE, BLOCK_G, PER_THREAD)
+                          SPIKE, BLOCK_G, PER_THREAD, TIMES)
     if ROTATE:
-        values = _hadamard(values, G, BLOCK_G) * G
+        values = _butterflies(values, G, BLOCK_G) * G
     start = (source * groups_per_chunk + group).to(tl.int64) * G
     if out.dtype.element_ty == tl.float16:  # saturated at the output dtype's maximum, as reference.dequantize
         values = _saturate(values, FLOAT16_MAX)
@@ -502,7 +510,7 @@ def _launch(name: str, layout: PayloadLayout) -> tuple[int, int, bool]:
     whole = (layout.rotate or layout.spike_reserve) if name == "quantize" else (
         layout.rotate and name.startswith("dequantize"))
     per_thread = whole and layout.group_size <= GROUP_PER_THREAD_MAX
-    return launch.block_groups(layout.group_size, per_thread), launch.warps, per_thread
+    return launch.block_groups(layout.group_size, per_thread), launch.num_warps(per_thread), per_thread
 
 
 def quantize(x: torch.Tensor, layout: PayloadLayout) -> torch.Tensor:

@@ -13,12 +13,20 @@ from tests.strategies import make_activation
 
 
 def test_parse_launch_reads_each_kernel():
-    assert parse_launch("quantize=4096x8,dequantize=1024x2") == {"quantize": Launch(4096, 8),
-                                                                 "dequantize": Launch(1024, 2)}
+    """The one-group-per-thread warps are optional: without them the kernel keeps its default."""
+    assert parse_launch("quantize=4096x8,dequantize=1024x2x8") == {
+        "quantize": Launch(4096, 8, LAUNCH["quantize"].per_thread_warps), "dequantize": Launch(1024, 2, 8)}
     assert parse_launch("") == {}
 
 
-@pytest.mark.parametrize("spec", ["quantise=4096x8", "quantize=4096", "quantize=bigx8", "dequantize"])
+def test_a_per_thread_launch_takes_its_own_warps():
+    launch = Launch(8192, 8, 1)
+    assert (launch.block_groups(128), launch.num_warps()) == (64, 8)
+    assert (launch.block_groups(128, group_per_thread=True), launch.num_warps(group_per_thread=True)) == (32, 1)
+
+
+@pytest.mark.parametrize("spec", ["quantise=4096x8", "quantize=4096", "quantize=bigx8", "dequantize",
+                                  "quantize=4096x8x2x1", "quantize=4096x8x"])
 def test_parse_launch_names_the_bad_item(spec):
     with pytest.raises(ValueError, match="FLASHCOMM_LAUNCH item"):
         parse_launch(spec)
@@ -35,7 +43,8 @@ def test_every_kernel_has_a_launch_that_holds_whole_groups():
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="Triton on CPU needs TRITON_INTERPRET=1")
 @pytest.mark.parametrize("launch, reduce_bits, group_size, spike, rotate", [
     (Launch(1024, 4), 4, 128, False, False), (Launch(8192, 8), 8, 32, False, False),
-    (Launch(8192, 8), 2, 32, True, False), (Launch(1024, 4), 4, 128, False, True)])
+    (Launch(8192, 8, 1), 2, 32, True, False), (Launch(1024, 4, 1), 4, 128, False, True),
+    (Launch(1024, 4, 4), 4, 128, True, True)])
 def test_a_launch_changes_how_groups_are_split_not_the_bytes(monkeypatch, launch, reduce_bits, group_size, spike,
                                                              rotate):
     """Every kernel at another launch gives the bytes of the default launch (and of the reference, for the payloads;
