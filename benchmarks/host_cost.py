@@ -28,7 +28,8 @@ from benchmarks.kernel_bandwidth import load_kernels
 from flashcomm_compile.config import FlashCommConfig
 from flashcomm_compile.kernels import triton_kernels
 from flashcomm_compile.pipeline import SymmetricPipeline
-from flashcomm_compile.symmetric import MAX_WORLD_SIZE, SymmetricLayout, address_table
+from flashcomm_compile.kernels.address_table import address_table
+from flashcomm_compile.symmetric import MAX_WORLD_SIZE, SymmetricLayout
 from flashcomm_compile.timing import back_to_back_us, graph_median_ms
 
 TOKENS = (512, 2048, 8192, 16384)

@@ -21,6 +21,7 @@ import torch
 
 from . import cost_model
 from .config import FlashCommConfig
+from .kernels.address_table import address_table
 from .kernels.layout import PayloadLayout
 from .pipeline import SymmetricPipeline
 
@@ -101,22 +102,6 @@ def workspace(group_name: str, device: torch.device, nbytes: int) -> Workspace:
         _outgrown.append(current)
     _workspaces[key] = created
     return created
-
-
-# The barriers' program counters (triton_kernels._barrier_when_last), after the addresses in the table: for each of
-# the two kernels that end in a barrier, BARRIER_LANES sub-counters and one over them, COUNTER_STRIDE int64 slots
-# (256 bytes) apart. Every program counting on one address cost 1.25 ns a program (serialised atomics: +40 us for
-# the 134 MB all-reduce's 32768 programs, W = 1 on an H200); spread over 64 they no longer queue behind each other.
-BARRIER_LANES = 64
-COUNTER_STRIDE = 32
-BARRIER_COUNTER_SLOTS = 2 * (BARRIER_LANES + 1) * COUNTER_STRIDE
-
-
-def address_table(buffers: list[int], signal_pads: list[int], device) -> torch.Tensor:
-    """What the kernels read of a workspace, one int64 tensor: every rank's buffer address, every rank's signal pad
-    address, then this rank's barrier counters (zero between launches)."""
-    counters = [0] * BARRIER_COUNTER_SLOTS
-    return torch.tensor(list(buffers) + list(signal_pads) + counters, dtype=torch.int64, device=device)
 
 
 def _create(group_name: str, device: torch.device, size: int) -> Workspace:

@@ -18,8 +18,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from .. import symmetric
-from . import reference
+from . import address_table, reference
 from .launches import GROUP_PER_THREAD_MAX, LAUNCH
 from .layout import PayloadLayout
 
@@ -59,8 +58,8 @@ FLOAT32_MAX: tl.constexpr = tl.constexpr(reference.FLOAT32_MAX)
 SHRINK: tl.constexpr = tl.constexpr(reference.SHRINK)
 FLOAT16_MAX: tl.constexpr = tl.constexpr(torch.finfo(torch.float16).max)
 BFLOAT16_MAX: tl.constexpr = tl.constexpr(torch.finfo(torch.bfloat16).max)
-BARRIER_LANES: tl.constexpr = tl.constexpr(symmetric.BARRIER_LANES)
-COUNTER_STRIDE: tl.constexpr = tl.constexpr(symmetric.COUNTER_STRIDE)
+BARRIER_LANES: tl.constexpr = tl.constexpr(address_table.BARRIER_LANES)
+COUNTER_STRIDE: tl.constexpr = tl.constexpr(address_table.COUNTER_STRIDE)
 ADDRESS_SPLIT: tl.constexpr = tl.constexpr(24)  # bits of a workspace address in its low part (`_table`)
 MAGIC: tl.constexpr = tl.constexpr(8388608.0)  # 2^23: a float in [2^23, 2^24) holds an integer in its mantissa bits
 MAGIC_BITS: tl.constexpr = tl.constexpr(0x4B000000)  # the bits of 2^23 as a float32
@@ -473,7 +472,7 @@ def _barrier_when_last(table, kernel, rank, WORLD: tl.constexpr):
     kernel. Each program counts itself in once all its threads have stored (bar.sync, then an atomic add with
     release semantics at GPU scope, as cooperative groups' grid sync does): program p on sub-counter p % LANES, the
     program completing a sub-counter on the counter over them (one counter for all programs queued their atomics:
-    symmetric.py). Only a completing program acquires (an acquire by every program would invalidate L1 under its
+    address_table.py). Only a completing program acquires (an acquire by every program would invalidate L1 under its
     neighbours), with the exchange that resets its counter for the next launch; so the last one has seen every
     program's writes, and its barrier publishes them all to the peers. `kernel` picks this kernel's counters. The
     kernel ends when every rank has reached the same point: the next kernel may read the peers' writes.

@@ -16,7 +16,8 @@ import torch
 from hypothesis import assume, given, settings
 
 from flashcomm_compile.kernels import triton_kernels
-from flashcomm_compile.symmetric import MAX_WORLD_SIZE, SymmetricLayout, address_table
+from flashcomm_compile.kernels.address_table import address_table
+from flashcomm_compile.symmetric import MAX_WORLD_SIZE, SymmetricLayout
 from flashcomm_compile.pipeline import simulate
 from tests.kernels.test_triton_kernels import DEVICES
 from tests.strategies import PIPELINE_CASES, interpreter_misreads, make_activation
