@@ -7,7 +7,9 @@ wait for this rank alone), compiled by Inductor as the pass lowers it. Two versi
 
 - "3 launches": the pipeline as shipped, the barriers at the end of the quantize and the dequant-sum-requantize;
 - "5 launches": the same kernels without their barriers, and a barrier kernel after each (the pipeline before
-  session 8), taken from a triton_kernels.py of that time (`--baseline`, e.g. revision ba72fe5's).
+  session 8), taken from a triton_kernels.py of that time (`--baseline`, e.g. revision ba72fe5's);
+- "3 launches, rotated": the pipeline as shipped with rotation="hadamard" (its GPU time beside the plain one's is
+  what rotation adds to a symm_mem all-reduce, without the NVLink transfers a second GPU would add to both).
 
 Each version is a chain of CHAIN all-reduces (each one's output times 0.5 the next one's input, as
 benchmarks/allreduce.py chains them) called back to back without CUDA graphs; "chain alone" is the same chain
@@ -19,6 +21,7 @@ without the all-reduces (Inductor's own kernel per link). GPU time per all-reduc
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import torch
 
@@ -35,6 +38,7 @@ from flashcomm_compile.timing import back_to_back_us, graph_median_ms
 TOKENS = (512, 2048, 8192, 16384)
 HIDDEN = 4096
 CONFIG = FlashCommConfig(reduce_bits=4, gather_bits=8, group_size=128, transport="symm_mem")
+ROTATED = dataclasses.replace(CONFIG, rotation="hadamard")
 
 
 class LocalWorkspace:
@@ -88,7 +92,8 @@ def main() -> None:
     address = workspace.table.data_ptr()
     variants = {"chain alone": chained(None),
                 "3 launches": chained(SymmetricPipeline(CONFIG, 1, address, 0)),
-                "5 launches": chained(five_launches(load_kernels(args.baseline), address))}
+                "5 launches": chained(five_launches(load_kernels(args.baseline), address)),
+                "3 launches, rotated": chained(SymmetricPipeline(ROTATED, 1, address, 0))}
     rows = []
     for tokens in TOKENS:
         x = torch.randn(tokens, HIDDEN, device=device, dtype=torch.bfloat16)
