@@ -3,7 +3,7 @@ all-to-all path's kernels: W simulated ranks in one process, each rank's "symmet
 whose address goes into the table. Payloads, gathered chunks and outputs must be the same bytes, and every kernel
 writes its token. On a GPU each simulated rank runs on a stream of its own with the barriers the first two kernels
 end in (a barrier that let a rank through early, or never, fails or hangs here); under Triton's interpreter, which
-runs the ranks one after another, without them (the barrier is GPU inline assembly)."""
+runs the ranks one after another, without them (a rank would wait at its barrier for ranks not yet run)."""
 
 from __future__ import annotations
 
