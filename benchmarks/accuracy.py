@@ -5,8 +5,11 @@ NCCL where 2 GPUs exist).
    benchmarks/data/sentences.txt to the exact ones, and nearest-neighbour retrieval agreement.
 2. A Llama-shaped TP model with random weights and injected massive-activation channels (as real LLMs show): KL
    divergence of the next-token distribution and top-1 agreement.
+3. The prefill of benchmarks/ttft.py's client (Llama-3-8B shapes, 8 layers, random weights, bfloat16, one 512-token
+   prompt) compiled as TP clients ship it (fullgraph=True, dynamic=True), with a random 128256-token head: KL and
+   top-1 agreement. Its activations have no outlier channels: what rotation does where there are none to remove.
 
-    PYTHONPATH=. python -m benchmarks.accuracy [--quick]
+    PYTHONPATH=. python -m benchmarks.accuracy [--quick] [--models minilm,outlier-llama,client-llama]
 """
 
 from __future__ import annotations
@@ -102,6 +105,12 @@ class OutlierLlama(nn.Module):
         return self.head(self.body(self.embed(tokens)))
 
 
+def _next_token_agreement(exact: torch.Tensor, out: torch.Tensor) -> dict:
+    """KL(exact || out) of the next-token distributions (log-probabilities), and how often their top-1 agree."""
+    kl = (exact.exp() * (exact - out)).sum(-1).mean()
+    return dict(kl=kl.item(), top1_agreement=(exact.argmax(-1) == out.argmax(-1)).float().mean().item())
+
+
 def llama_rank(rank: int, world: int, configs: dict, group_sizes, rotations=ROTATIONS) -> list[dict]:
     device = rank_device(rank)
     shape = llama.LlamaShape(dim=512, n_heads=8, ffn_dim=1408, n_layers=4)
@@ -114,10 +123,47 @@ def llama_rank(rank: int, world: int, configs: dict, group_sizes, rotations=ROTA
         exact = model(tokens).float().log_softmax(-1)
         for name, group_size, rotation, options in _variants(configs, group_sizes, rotations):
             out = _compiled(model, options)(tokens).float().log_softmax(-1)
-            kl = (exact.exp() * (exact - out)).sum(-1).mean()
-            top1 = (exact.argmax(-1) == out.argmax(-1)).float().mean()
-            rows.append(dict(model="Llama+outliers", config=name, group=group_size, rotation=rotation, kl=kl.item(),
-                             top1_agreement=top1.item()))
+            rows.append(dict(model="Llama+outliers", config=name, group=group_size, rotation=rotation,
+                             **_next_token_agreement(exact, out)))
+            _progress(rank, rows[-1])
+    return rows
+
+
+class ClientLlama(nn.Module):
+    """benchmarks/ttft.py's model (hidden states in) with a random head: the next-token logits of each position."""
+
+    def __init__(self, shape: llama.LlamaShape, vocab: int = 128256):
+        super().__init__()
+        self.body = llama.build(shape, seed=3, dtype=torch.bfloat16)
+        self.head = nn.Linear(shape.dim, vocab, bias=False, dtype=torch.bfloat16)
+        with torch.no_grad():
+            self.head.weight.normal_(0.0, shape.dim ** -0.5)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(hidden))
+
+
+def client_llama_rank(rank: int, world: int, configs: dict, group_sizes, rotations=ROTATIONS) -> list[dict]:
+    import flashcomm_compile
+    from benchmarks.ttft import MODELS
+
+    device = rank_device(rank)
+    model = ClientLlama(MODELS["8b"][1])
+    llama.shard_with_funcol(model.body, rank, world, dist.group.WORLD)
+    model = model.to(device)
+    hidden = torch.randn(1, 512, model.body.shape.dim, generator=torch.Generator().manual_seed(4),
+                         dtype=torch.bfloat16).to(device)
+    # the floor: Inductor's own compile, exact all-reduce, differs from eager by its bfloat16 rounding alone
+    variants = [("exact, Inductor", "-", "-", "inductor"), *_variants(configs, group_sizes, rotations)]
+    rows = []
+    with torch.no_grad():
+        exact = model(hidden).float().log_softmax(-1)
+        for name, group_size, rotation, options in variants:
+            torch._dynamo.reset()
+            backend = options if options == "inductor" else flashcomm_compile.backend(mode="always", **options)
+            compiled = torch.compile(model, backend=backend, fullgraph=True, dynamic=True)
+            rows.append(dict(model="Llama-3-8B client", config=name, group=group_size, rotation=rotation,
+                             **_next_token_agreement(exact, compiled(hidden).float().log_softmax(-1))))
             _progress(rank, rows[-1])
     return rows
 
@@ -126,23 +172,32 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="2 configs, group 128, 48 sentences")
     parser.add_argument("--groups", default=",".join(map(str, GROUP_SIZES)), help="group sizes, comma-separated")
+    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {list(MODELS)}")
     args = parser.parse_args()
     configs = {k: CONFIGS[k] for k in ("INT8/INT8", "INT4/INT8")} if args.quick else CONFIGS
     groups = (128,) if args.quick else tuple(int(g) for g in args.groups.split(","))
     texts = sentences()[:48] if args.quick else sentences()
     backend = default_backend(2)
     hours = 3 * 3600  # a compile per variant: the full sweep takes about an hour on 2 CPU cores
-    embedding_rows = run_ranks(2, minilm_rank, configs, groups, texts, backend=backend, timeout=hours)[0]
-    llm_rows = run_ranks(2, llama_rank, configs, groups, backend=backend, timeout=hours)[0]
     env = environment()
+    results = dict(environment=env, sentences=len(texts))
     print(f"accuracy against the exact all-reduce, 2 ranks on {backend}, {env['card']}, {env['date']}")
-    print(f"MiniLM-L6, {len(texts)} sentences:")
-    print_table(embedding_rows, ["config", "group", "rotation", "mean_cosine", "min_cosine", "nn_agreement"])
-    print("Llama-shaped, 4 layers, outlier channels, 512 tokens:")
-    print_table(llm_rows, ["config", "group", "rotation", "kl", "top1_agreement"])
-    name = f"accuracy_{backend}_{env['card'].replace(' ', '_')}.json"
-    write_json(name, dict(environment=env, sentences=len(texts), minilm=embedding_rows, llama=llm_rows))
+    for key in args.models.split(","):
+        title, rank_fn, columns = MODELS[key]
+        extra = (texts,) if key == "minilm" else ()
+        results[key] = run_ranks(2, rank_fn, configs, groups, *extra, backend=backend, timeout=hours)[0]
+        print(title.format(sentences=len(texts)))
+        print_table(results[key], ["config", "group", "rotation", *columns])
+    suffix = "" if args.models == ",".join(MODELS) else "_" + args.models.replace(",", "_")
+    write_json(f"accuracy_{backend}_{env['card'].replace(' ', '_')}{suffix}.json", results)
 
+
+MODELS = {  # what --models names: the table's title, the function each rank runs, the metrics
+    "minilm": ("MiniLM-L6, {sentences} sentences:", minilm_rank, ["mean_cosine", "min_cosine", "nn_agreement"]),
+    "outlier-llama": ("Llama-shaped, 4 layers, outlier channels, 512 tokens:", llama_rank, ["kl", "top1_agreement"]),
+    "client-llama": ("Llama-3-8B shapes, 8 layers, bfloat16, fullgraph=True, dynamic=True, 512 tokens:",
+                     client_llama_rank, ["kl", "top1_agreement"]),
+}
 
 if __name__ == "__main__":
     main()
