@@ -1,6 +1,7 @@
 """The pass end to end on gloo ranks: the collectives in the rewritten graph and in Inductor's generated code, the
 analytic bound, bitwise-identical ranks, untouched cases, every way of naming the group, dynamic shapes (one
-compile in mode always, one per side of the threshold in auto), backward graphs left alone unless asked."""
+compile in mode always, one per side of the threshold in auto), backward graphs left alone unless asked, and
+Inductor's own code where the default options rewrite nothing."""
 
 from __future__ import annotations
 
@@ -280,3 +281,37 @@ def _same_code_other_world_size(rank, world):
 def test_a_graph_cached_for_one_world_size_is_not_reused_for_another():
     for world in (2, 4):
         assert max(run_ranks(world, _same_code_other_world_size)) < 0.02
+
+
+def _inductors_own_code(rank, world):
+    """A small Llama compiled as TP clients ship prefill (fullgraph, dynamic), by Inductor and by flashcomm's default
+    options, which keep every all-reduce here (below min_bytes on a CPU): the generated code of each."""
+    import re
+
+    import flashcomm_compile
+    from flashcomm_compile.examples.llama import LlamaShape, build, shard_with_funcol
+
+    model = shard_with_funcol(build(LlamaShape(dim=256, n_heads=4, ffn_dim=512, n_layers=2)), rank, world,
+                              dist.group.WORLD)
+    x = torch.randn(1, 64, 256)
+    compilers = {"inductor": lambda: torch.compile(model, fullgraph=True, dynamic=True),
+                 "default options": lambda: flashcomm_compile.compile(model, fullgraph=True, dynamic=True)}
+    codes, kept = {}, None
+    with torch.no_grad():
+        for label, compile_ in compilers.items():
+            torch._dynamo.reset()
+            compiled = compile_()
+            _, code = run_and_get_code(compiled, x)
+            codes[label] = [re.sub(r"# AOT ID: .*", "", c) for c in code]  # a counter of this process's compiles
+            if label == "default options":
+                kept = [s.rewritten for r in compiled.flashcomm_backend.records for s in r.sites]
+    return codes, kept
+
+
+def test_default_options_that_keep_every_all_reduce_leave_inductors_code_as_it_was():
+    """Where the default options rewrite nothing, the model must run Inductor's own code: same kernels, same
+    collectives, same calls (what "the default options never make a model slower" rests on)."""
+    codes, kept = run_ranks(2, _inductors_own_code)[0]
+    assert kept == [False] * 4
+    assert codes["default options"] == codes["inductor"]
+    assert codes["inductor"][0].count("_c10d_functional.all_reduce_.default(") == 4
