@@ -5,6 +5,7 @@ Inductor's own code where the default options rewrite nothing."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
@@ -285,15 +286,18 @@ def test_a_graph_cached_for_one_world_size_is_not_reused_for_another():
 
 def _inductors_own_code(rank, world):
     """A small Llama compiled as TP clients ship prefill (fullgraph, dynamic), by Inductor and by flashcomm's default
-    options, which keep every all-reduce here (below min_bytes on a CPU): the generated code of each."""
+    options, which keep every all-reduce here (below min_bytes on a CPU, a single rank on a GPU): the generated code
+    of each."""
     import re
 
     import flashcomm_compile
     from flashcomm_compile.examples.llama import LlamaShape, build, shard_with_funcol
+    from flashcomm_compile.launch import rank_device
 
-    model = shard_with_funcol(build(LlamaShape(dim=256, n_heads=4, ffn_dim=512, n_layers=2)), rank, world,
-                              dist.group.WORLD)
-    x = torch.randn(1, 64, 256)
+    device = rank_device(rank)
+    model = shard_with_funcol(build(LlamaShape(dim=256, n_heads=4, ffn_dim=512, n_layers=2), device=device), rank,
+                              world, dist.group.WORLD)
+    x = torch.randn(1, 64, 256, device=device)
     compilers = {"inductor": lambda: torch.compile(model, fullgraph=True, dynamic=True),
                  "default options": lambda: flashcomm_compile.compile(model, fullgraph=True, dynamic=True)}
     codes, kept = {}, None
@@ -308,10 +312,14 @@ def _inductors_own_code(rank, world):
     return codes, kept
 
 
-def test_default_options_that_keep_every_all_reduce_leave_inductors_code_as_it_was():
+@pytest.mark.parametrize("world, backend", [
+    (2, "gloo"),
+    pytest.param(1, "nccl", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                       reason="needs CUDA")])])
+def test_default_options_that_keep_every_all_reduce_leave_inductors_code_as_it_was(world, backend):
     """Where the default options rewrite nothing, the model must run Inductor's own code: same kernels, same
     collectives, same calls (what "the default options never make a model slower" rests on)."""
-    codes, kept = run_ranks(2, _inductors_own_code)[0]
+    codes, kept = run_ranks(world, _inductors_own_code, backend=backend)[0]
     assert kept == [False] * 4
     assert codes["default options"] == codes["inductor"]
     assert codes["inductor"][0].count("_c10d_functional.all_reduce_.default(") == 4
