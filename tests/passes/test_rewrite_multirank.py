@@ -1,7 +1,7 @@
-"""The pass end to end on gloo ranks (one case also on a GPU's single NCCL rank): the collectives in the rewritten graph and in Inductor's generated code, the
-analytic bound, bitwise-identical ranks, untouched cases, every way of naming the group, dynamic shapes (one
-compile in mode always, one per side of the threshold in auto), backward graphs left alone unless asked, and
-Inductor's own code where the default options rewrite nothing."""
+"""The pass end to end on gloo ranks (one case also on a GPU's single NCCL rank): the collectives in the rewritten
+graph and in Inductor's generated code, the analytic bound, bitwise-identical ranks, untouched cases, every way of
+naming the group, dynamic shapes (one compile in mode always, one per side of the threshold in auto), backward graphs
+left alone unless asked, and Inductor's own code where the default options rewrite nothing."""
 
 from __future__ import annotations
 
