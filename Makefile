@@ -18,7 +18,7 @@ demo: $(VENV)/.installed
 	$(PY) -m flashcomm_compile.demo
 
 # Two workers, a test file each: most tests are one compile or one short run of 2-4 rank processes, and on CI's two
-# cores two files at a time take 11 minutes instead of 13 (2026-11-29). TEST_WORKERS=0 runs them in this process.
+# cores two files at a time took 10.9-12.8 minutes against 13.2 in one process (2026-11-29). TEST_WORKERS=0: one.
 TEST_WORKERS ?= 2
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
