@@ -46,11 +46,13 @@ def _variants(configs: dict, group_sizes, rotations):
             for name, config in configs.items() for group in group_sizes for rotation in rotations]
 
 
-def _compiled(model: nn.Module, options: dict):
+def _compiled(model: nn.Module, options: dict | None, **compile_options):
+    """`model` compiled with flashcomm in mode "always" and these options, or (options None) by Inductor alone."""
     import flashcomm_compile
 
     torch._dynamo.reset()  # a fresh compile per config: dynamo's recompile limit would silently fall back to eager
-    return torch.compile(model, backend=flashcomm_compile.backend(mode="always", **options))
+    backend = "inductor" if options is None else flashcomm_compile.backend(mode="always", **options)
+    return torch.compile(model, backend=backend, **compile_options)
 
 
 def _progress(rank: int, row: dict) -> None:
@@ -144,7 +146,6 @@ class ClientLlama(nn.Module):
 
 
 def client_llama_rank(rank: int, world: int, configs: dict, group_sizes, rotations=ROTATIONS) -> list[dict]:
-    import flashcomm_compile
     from benchmarks.ttft import MODELS as TTFT_MODELS
 
     device = rank_device(rank)
@@ -154,14 +155,12 @@ def client_llama_rank(rank: int, world: int, configs: dict, group_sizes, rotatio
     hidden = torch.randn(1, 512, model.body.shape.dim, generator=torch.Generator().manual_seed(4),
                          dtype=torch.bfloat16).to(device)
     # the floor: Inductor's own compile, exact all-reduce, differs from eager by its bfloat16 rounding alone
-    variants = [("exact, Inductor", "-", "-", "inductor"), *_variants(configs, group_sizes, rotations)]
+    variants = [("exact, Inductor", "-", "-", None), *_variants(configs, group_sizes, rotations)]
     rows = []
     with torch.no_grad():
         exact = model(hidden).float().log_softmax(-1)
         for name, group_size, rotation, options in variants:
-            torch._dynamo.reset()
-            backend = options if options == "inductor" else flashcomm_compile.backend(mode="always", **options)
-            compiled = torch.compile(model, backend=backend, fullgraph=True, dynamic=True)
+            compiled = _compiled(model, options, fullgraph=True, dynamic=True)
             rows.append(dict(model="Llama-3-8B client", config=name, group=group_size, rotation=rotation,
                              **_next_token_agreement(exact, compiled(hidden).float().log_softmax(-1))))
             _progress(rank, rows[-1])
@@ -189,8 +188,8 @@ def main() -> None:
     groups = (128,) if args.quick else tuple(int(g) for g in args.groups.split(","))
     texts = sentences()[:48] if args.quick else sentences()
     backend = default_backend(2)
-    hours = 3 * 3600  # a compile per variant; on 2 CPU cores MiniLM and the outlier Llama take an hour, the client
-    # 2.5 minutes a variant
+    # a compile per variant; on 2 CPU cores MiniLM and the outlier Llama take an hour, the client 2.5 minutes a variant
+    hours = 3 * 3600
     env = environment()
     results = dict(environment=env, sentences=len(texts))
     print(f"accuracy against the exact all-reduce, 2 ranks on {backend}, {env['card']}, {env['date']}")

@@ -298,18 +298,19 @@ def _inductors_own_code(rank, world):
     model = shard_with_funcol(build(LlamaShape(dim=256, n_heads=4, ffn_dim=512, n_layers=2), device=device), rank,
                               world, dist.group.WORLD)
     x = torch.randn(1, 64, 256, device=device)
-    compilers = {"inductor": lambda: torch.compile(model, fullgraph=True, dynamic=True),
-                 "default options": lambda: flashcomm_compile.compile(model, fullgraph=True, dynamic=True)}
-    codes, kept = {}, None
-    with torch.no_grad():
-        for label, compile_ in compilers.items():
-            torch._dynamo.reset()
-            compiled = compile_()
+
+    def generated_code(compile_):
+        torch._dynamo.reset()
+        compiled = compile_(model, fullgraph=True, dynamic=True)
+        with torch.no_grad():
             _, code = run_and_get_code(compiled, x)
-            codes[label] = [re.sub(r"# AOT ID: .*", "", c) for c in code]  # a counter of this process's compiles
-            if label == "default options":
-                kept = [s.rewritten for r in compiled.flashcomm_backend.records for s in r.sites]
-    return codes, kept
+        # the AOT ID comment counts this process's compiles
+        return compiled, [re.sub(r"# AOT ID: .*", "", c) for c in code]
+
+    _, inductor = generated_code(torch.compile)
+    flashcomm, default_options = generated_code(flashcomm_compile.compile)
+    kept = [s.rewritten for r in flashcomm.flashcomm_backend.records for s in r.sites]
+    return dict(inductor=inductor, default_options=default_options), kept
 
 
 @pytest.mark.parametrize("world, backend", [
@@ -321,5 +322,5 @@ def test_default_options_that_keep_every_all_reduce_leave_inductors_code_as_it_w
     collectives, same calls (what "the default options never make a model slower" rests on)."""
     codes, kept = run_ranks(world, _inductors_own_code, backend=backend)[0]
     assert kept == [False] * 4
-    assert codes["default options"] == codes["inductor"]
+    assert codes["default_options"] == codes["inductor"]
     assert codes["inductor"][0].count("_c10d_functional.all_reduce_.default(") == 4
