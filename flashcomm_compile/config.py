@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-SUPPORTED_BITS = (2, 4, 8)
+SUPPORTED_BITS = (2, 3, 4, 5, 6, 7, 8)
 MAX_CHUNKS = 64
 SUPPORTED_GROUP_SIZES = (32, 64, 128, 256, 512, 1024)
 REWRITE_MODES = ("auto", "always", "never")
@@ -27,7 +27,8 @@ class FlashCommConfig:
     reduce_bits: bit width of the payload sent in the reduce-scatter (all-to-all) step.
     gather_bits: bit width of the requantized sum sent in the all-gather step (its error is not averaged away).
     group_size: consecutive elements sharing one scale and zero.
-    spike_reserve: keep each group's largest and smallest value exactly (Flash Communication v2), for 2-bit codes.
+    spike_reserve: keep each group's largest and smallest value exactly (Flash Communication v2), for 2- and 3-bit
+        codes.
         With rotation, the extremes of the rotated group.
     rotation: "hadamard" quantizes each group after a Walsh-Hadamard transform (normalized by the group size), which
         spreads an outlier over its group; the sum is taken in the rotated domain and the last dequantize rotates

@@ -8,7 +8,7 @@ import torch
 from hypothesis import strategies as st
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-BITS = (2, 4, 8)
+BITS = tuple(range(2, 9))
 GROUP_SIZES = (32, 64, 128, 256, 512, 1024)
 DISTRIBUTIONS = ("normal", "outliers", "constant_groups", "zeros", "huge", "full_range", "tiny", "subnormal")
 

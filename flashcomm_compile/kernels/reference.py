@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .layout import PayloadLayout
+from .layout import PayloadLayout, code_planes
 
 
 TINY_SCALE = 2.0**-100
@@ -125,19 +125,34 @@ def dequantize_groups(q: QuantizedGroups) -> torch.Tensor:
     return v
 
 
-def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """int32 [n, G] codes -> uint8 [n, G*bits/8]; code j sits in byte j // (8/bits) at bit (j % (8/bits)) * bits."""
-    per_byte = 8 // bits
-    shifts = torch.arange(per_byte, device=codes.device, dtype=torch.int32) * bits
+def _pack_plane(codes: torch.Tensor, width: int) -> torch.Tensor:
+    """int32 [n, V] codes of `width` bits -> uint8 [n, V*width/8]; code j at bit (j % (8/width)) * width of its byte."""
+    per_byte = 8 // width
+    shifts = torch.arange(per_byte, device=codes.device, dtype=torch.int32) * width
     grouped = codes.reshape(codes.shape[0], -1, per_byte)
     return (grouped << shifts).sum(2).to(torch.uint8)
 
 
-def unpack_codes(packed: torch.Tensor, bits: int) -> torch.Tensor:
-    per_byte = 8 // bits
-    shifts = torch.arange(per_byte, device=packed.device, dtype=torch.int32) * bits
-    codes = (packed.to(torch.int32)[:, :, None] >> shifts) & ((1 << bits) - 1)
+def _unpack_plane(packed: torch.Tensor, width: int) -> torch.Tensor:
+    per_byte = 8 // width
+    shifts = torch.arange(per_byte, device=packed.device, dtype=torch.int32) * width
+    codes = (packed.to(torch.int32)[:, :, None] >> shifts) & ((1 << width) - 1)
     return codes.reshape(packed.shape[0], -1)
+
+
+def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """int32 [n, G] codes -> uint8 [n, G*bits/8]: each group's bit planes one after the other (`layout.code_planes`)."""
+    return torch.cat([_pack_plane((codes >> shift) & ((1 << width) - 1), width)
+                      for width, shift, _ in code_planes(bits)], dim=1)
+
+
+def unpack_codes(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    size = packed.shape[1] * 8 // bits
+    codes = torch.zeros(packed.shape[0], size, dtype=torch.int32, device=packed.device)
+    for width, shift, offset in code_planes(bits):
+        plane = packed[:, size * offset // 8 : size * (offset + width) // 8]
+        codes = codes + (_unpack_plane(plane, width) << shift)
+    return codes
 
 
 def _fields(layout: PayloadLayout) -> list[tuple[str, int, torch.dtype]]:

@@ -24,31 +24,80 @@ from .layout import PayloadLayout
 
 
 @triton.jit
-def _pack(q, BITS: tl.constexpr, G: tl.constexpr, BLOCK_G: tl.constexpr):
-    """Codes [BLOCK_G, G] -> bytes [BLOCK_G, G * BITS / 8]; code i of a byte at bit i * BITS. Only the low byte of
-    each int32 is read, and only its low BITS bits may be set (bits above the byte are dropped). Pairs are split off
-    the last axis (register moves) rather than shifted and summed over a 3-D reshape (layout conversions)."""
+def _pack(q, BITS: tl.constexpr, V: tl.constexpr, BLOCK_G: tl.constexpr):
+    """Codes [BLOCK_G, V] of one plane -> bytes [BLOCK_G, V * BITS / 8] (BITS in 8, 4, 2, 1); code i of a byte at
+    bit i * BITS. Only the low byte of each int32 is read, and only its low BITS bits may be set (bits above the byte
+    are dropped). Pairs are split off the last axis (register moves) rather than shifted and summed over a 3-D reshape
+    (layout conversions)."""
     if BITS == 8:
         packed = q
     elif BITS == 4:
-        even, odd = tl.split(tl.reshape(q, (BLOCK_G, G // 2, 2)))
+        even, odd = tl.split(tl.reshape(q, (BLOCK_G, V // 2, 2)))
         packed = even + (odd << 4)  # one shift-add; what it carries past the low byte is dropped
-    else:
-        first, second = tl.split(tl.reshape(q, (BLOCK_G, G // 4, 2, 2)))
+    elif BITS == 2:
+        first, second = tl.split(tl.reshape(q, (BLOCK_G, V // 4, 2, 2)))
         low, high = tl.split(first + (second << 2))
+        packed = low + (high << 4)
+    else:
+        first, second = tl.split(tl.reshape(q, (BLOCK_G, V // 8, 2, 2, 2)))
+        low, high = tl.split(first + (second << 1))
+        low, high = tl.split(low + (high << 2))
         packed = low + (high << 4)
     return packed.to(tl.uint8)
 
 
 @triton.jit
-def _unpack(b, BITS: tl.constexpr, G: tl.constexpr, BLOCK_G: tl.constexpr):
-    """Bytes [BLOCK_G, G * BITS / 8] (int32) -> codes [BLOCK_G, G], the inverse of _pack, by interleaving."""
+def _unpack(b, BITS: tl.constexpr):
+    """Bytes [BLOCK_G, V * BITS / 8] (int32) of one plane -> codes [BLOCK_G, V], the inverse of _pack, by
+    interleaving."""
     if BITS == 8:
         q = b
     elif BITS == 4:
         q = tl.interleave(b & 15, b >> 4)
-    else:
+    elif BITS == 2:
         q = tl.interleave(tl.interleave(b & 3, (b >> 4) & 3), tl.interleave((b >> 2) & 3, (b >> 6) & 3))
+    else:
+        even = tl.interleave(tl.interleave(b & 1, (b >> 4) & 1), tl.interleave((b >> 2) & 1, (b >> 6) & 1))
+        odd = tl.interleave(tl.interleave((b >> 1) & 1, (b >> 5) & 1), tl.interleave((b >> 3) & 1, b >> 7))
+        q = tl.interleave(even, odd)
+    return q
+
+
+@triton.jit
+def _store_codes(u8, row, q, valid, BITS: tl.constexpr, G: tl.constexpr, FIRST: tl.constexpr, V: tl.constexpr,
+                 BLOCK_G: tl.constexpr):
+    """Codes q [BLOCK_G, V], values FIRST .. FIRST + V of groups whose codes start at byte `row`, into their bit
+    planes (layout.code_planes: plane W holds bits SHIFT .. SHIFT + W of each code, after the wider planes)."""
+    for k in tl.static_range(4):
+        W: tl.constexpr = 8 >> k
+        if (BITS & W) != 0:
+            SHIFT: tl.constexpr = BITS & (W - 1)
+            WIDER: tl.constexpr = BITS - (BITS & (2 * W - 1))  # bits of the planes before this one
+            plane = q >> SHIFT
+            if WIDER != 0:  # the top plane has no code bits above it to clear
+                plane = plane & ((1 << W) - 1)
+            where = row[:, None] + (G * WIDER // 8 + FIRST * W // 8) + tl.arange(0, V * W // 8)[None, :]
+            tl.store(u8 + where, _pack(plane, W, V, BLOCK_G), mask=valid[:, None])
+
+
+@triton.jit
+def _load_codes(u8, row, valid, BITS: tl.constexpr, G: tl.constexpr, BLOCK_G: tl.constexpr,
+                PER_THREAD: tl.constexpr):
+    """The codes [BLOCK_G, G] (int32) of the groups whose codes start at byte `row`, from their bit planes;
+    PER_THREAD: one group per thread (see _runs)."""
+    q = tl.zeros((BLOCK_G, G), tl.int32)
+    for k in tl.static_range(4):
+        W: tl.constexpr = 8 >> k
+        if (BITS & W) != 0:
+            NB: tl.constexpr = G * W // 8
+            start = row + G * (BITS - (BITS & (2 * W - 1))) // 8
+            if PER_THREAD:
+                VEC: tl.constexpr = 16 if NB > 16 else NB
+                packed = tl.reshape(tl.load(u8 + _runs(start, NB, VEC), mask=valid[:, None, None], other=0),
+                                    (BLOCK_G, NB))
+            else:
+                packed = tl.load(u8 + start[:, None] + tl.arange(0, NB)[None, :], mask=valid[:, None], other=0)
+            q = q | (_unpack(packed.to(tl.int32), W) << (BITS & (W - 1)))
     return q
 
 
@@ -163,7 +212,7 @@ def _codes(x, zero, prescale, inverse, LEVELS: tl.constexpr, BELOW_ZERO: tl.cons
 
 @triton.jit
 def _quantize_tile(x, BITS: tl.constexpr, G: tl.constexpr, SPIKE: tl.constexpr, BLOCK_G: tl.constexpr):
-    """Whole groups [BLOCK_G, G] -> packed codes and per-group metadata. A NaN-propagating max and min also tell a
+    """Whole groups [BLOCK_G, G] -> codes and per-group metadata. A NaN-propagating max and min also tell a
     non-finite group (a NaN, or an infinity at an end)."""
     LEVELS: tl.constexpr = (1 << BITS) - 1
     mx = tl.reduce(x, 1, _max_nan)
@@ -186,8 +235,8 @@ def _quantize_tile(x, BITS: tl.constexpr, G: tl.constexpr, SPIKE: tl.constexpr, 
         hi = mx
         lo = mn
     scale, zero, prescale, inverse = _group_params(mx, mn, nonfinite, LEVELS)
-    packed = _pack(_codes(x, zero, prescale, inverse, LEVELS, SPIKE), BITS, G, BLOCK_G)
-    return packed, scale, zero, hi, lo, hi_index, lo_index
+    codes = _codes(x, zero, prescale, inverse, LEVELS, SPIKE)
+    return codes, scale, zero, hi, lo, hi_index, lo_index
 
 
 @triton.jit
@@ -201,11 +250,10 @@ def _store_scale_zero(f32, base, group, groups_per_chunk, valid, scale, zero, NB
 
 
 @triton.jit
-def _store_groups(u8, f32, i16, base, group, groups_per_chunk, valid, packed, scale, zero, hi, lo, hi_index,
-                  lo_index, BITS: tl.constexpr, G: tl.constexpr, SPIKE: tl.constexpr):
+def _store_groups(u8, f32, i16, base, group, groups_per_chunk, valid, codes, scale, zero, hi, lo, hi_index,
+                  lo_index, BITS: tl.constexpr, G: tl.constexpr, SPIKE: tl.constexpr, BLOCK_G: tl.constexpr):
     NB: tl.constexpr = G * BITS // 8
-    codes = base[:, None] + group[:, None] * NB + tl.arange(0, NB)[None, :]
-    tl.store(u8 + codes, packed, mask=valid[:, None])
+    _store_codes(u8, base + group * NB, codes, valid, BITS, G, 0, G, BLOCK_G)
     start = _store_scale_zero(f32, base, group, groups_per_chunk, valid, scale, zero, NB)
     if SPIKE:
         meta = start // 4 + group
@@ -223,14 +271,7 @@ def _load_groups(u8, f32, i16, base, group, groups_per_chunk, valid, BITS: tl.co
     """Dequantized groups [BLOCK_G, G], times TIMES (a power of two, taken into each group's scale, zero and spikes);
     PER_THREAD: one group per thread (see _runs)."""
     NB: tl.constexpr = G * BITS // 8
-    if PER_THREAD:
-        VEC: tl.constexpr = 16 if NB > 16 else NB
-        codes = _runs(base + group * NB, NB, VEC)
-        packed = tl.reshape(tl.load(u8 + codes, mask=valid[:, None, None], other=0), (BLOCK_G, NB))
-    else:
-        codes = base[:, None] + group[:, None] * NB + tl.arange(0, NB)[None, :]
-        packed = tl.load(u8 + codes, mask=valid[:, None], other=0)
-    q = _unpack(packed.to(tl.int32), BITS, G, BLOCK_G)
+    q = _load_codes(u8, base + group * NB, valid, BITS, G, BLOCK_G, PER_THREAD)
     start = base + groups_per_chunk * NB
     meta = start // 4 + group
     scale = tl.load(f32 + meta, mask=valid, other=0.0) * TIMES
@@ -279,12 +320,11 @@ def _quantize(x, payload, numel, total_groups, groups_per_chunk, chunk_bytes, BI
         values = _load_whole_groups(x, group, numel, G, BLOCK_G, PER_THREAD)
         if ROTATE:
             values = _hadamard(values, G, BLOCK_G)
-        packed, scale, zero, hi, lo, hi_index, lo_index = _quantize_tile(values, BITS, G, SPIKE, BLOCK_G)
-        _store_groups(u8, f32, i16, base, group % groups_per_chunk, groups_per_chunk, valid, packed, scale, zero, hi,
-                      lo, hi_index, lo_index, BITS, G, SPIKE)
+        codes, scale, zero, hi, lo, hi_index, lo_index = _quantize_tile(values, BITS, G, SPIKE, BLOCK_G)
+        _store_groups(u8, f32, i16, base, group % groups_per_chunk, groups_per_chunk, valid, codes, scale, zero, hi,
+                      lo, hi_index, lo_index, BITS, G, SPIKE, BLOCK_G)
     else:
         LEVELS: tl.constexpr = (1 << BITS) - 1
-        PART_BYTES: tl.constexpr = PART * BITS // 8
         mx = tl.full((BLOCK_G,), float("-inf"), tl.float32)
         mn = tl.full((BLOCK_G,), float("inf"), tl.float32)
         for part in tl.static_range(G // PART):
@@ -298,8 +338,7 @@ def _quantize(x, payload, numel, total_groups, groups_per_chunk, chunk_bytes, BI
         for part in tl.static_range(G // PART):
             values = _load_part(x, group, part, numel, G)
             codes = _codes(values, zero, prescale, inverse, LEVELS, False)
-            where = row[:, None] + part * PART_BYTES + tl.arange(0, PART_BYTES)[None, :]
-            tl.store(u8 + where, _pack(codes, BITS, PART, BLOCK_G), mask=valid[:, None])
+            _store_codes(u8, row, codes, valid, BITS, G, part * PART, PART, BLOCK_G)
         _store_scale_zero(f32, base, in_chunk, groups_per_chunk, valid, scale, zero, NB)
 
 
@@ -323,10 +362,10 @@ def _dequant_sum_requant(sources, in_offset, out, groups_per_chunk, in_chunk_byt
         values = _load_groups(u8, f32, i16, base, group, groups_per_chunk, valid, IN_BITS, G, SPIKE, BLOCK_G)
         total = total + values
     total = _saturate(total, FLOAT32_MAX)
-    packed, scale, zero, hi, lo, hi_index, lo_index = _quantize_tile(total, OUT_BITS, G, SPIKE, BLOCK_G)
+    codes, scale, zero, hi, lo, hi_index, lo_index = _quantize_tile(total, OUT_BITS, G, SPIKE, BLOCK_G)
     out_u8, out_f32, out_i16 = _views(out)
-    _store_groups(out_u8, out_f32, out_i16, base, group, groups_per_chunk, valid, packed, scale, zero, hi, lo,
-                  hi_index, lo_index, OUT_BITS, G, SPIKE)
+    _store_groups(out_u8, out_f32, out_i16, base, group, groups_per_chunk, valid, codes, scale, zero, hi, lo,
+                  hi_index, lo_index, OUT_BITS, G, SPIKE, BLOCK_G)
 
 
 @triton.jit

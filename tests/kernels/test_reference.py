@@ -117,7 +117,10 @@ def test_padding_never_reaches_the_output(numel):
     [
         (dict(world_size=0, bits=4, group_size=128), "world_size"),
         (dict(world_size=65, bits=4, group_size=128), "world_size"),
-        (dict(world_size=2, bits=3, group_size=128), "bits"),
+        (dict(world_size=2, bits=1, group_size=128), "bits"),
+        (dict(world_size=2, bits=9, group_size=128), "bits"),
+        (dict(world_size=2, bits=6.0, group_size=128), "bits"),
+        (dict(world_size=2, bits=True, group_size=128), "bits"),
         (dict(world_size=2, bits=16, group_size=128), "bits"),
         (dict(world_size=2, bits=4, group_size=100), "group_size"),
         (dict(world_size=2, bits=4, group_size=2048), "group_size"),
