@@ -9,13 +9,15 @@ wait for this rank alone), compiled by Inductor as the pass lowers it. Two versi
 - "5 launches": the same kernels without their barriers, and a barrier kernel after each (the pipeline before
   session 8), taken from a triton_kernels.py of that time (`--baseline`, e.g. revision ba72fe5's);
 - "3 launches, rotated": the pipeline as shipped with rotation="hadamard" (its GPU time beside the plain one's is
-  what rotation adds to a symm_mem all-reduce, without the NVLink transfers a second GPU would add to both).
+  what rotation adds to a symm_mem all-reduce, without the NVLink transfers a second GPU would add to both);
+- "INT6/INT6" and "INT6/INT6, rotated": the same bytes on the wire as INT4/INT8 in an equal split, its codes stored
+  as two bit planes (4 + 2).
 
 Each version is a chain of CHAIN all-reduces (each one's output times 0.5 the next one's input, as
 benchmarks/allreduce.py chains them) called back to back without CUDA graphs; "chain alone" is the same chain
 without the all-reduces (Inductor's own kernel per link). GPU time per all-reduce in CUDA graphs beside it.
 
-    PYTHONPATH=. python -m benchmarks.host_cost --baseline .device/baseline/triton_kernels_ba72fe5.py
+    PYTHONPATH=. python -m benchmarks.host_cost [--baseline .device/baseline/triton_kernels_ba72fe5.py]
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ TOKENS = (512, 2048, 8192, 16384)
 HIDDEN = 4096
 CONFIG = FlashCommConfig(reduce_bits=4, gather_bits=8, group_size=128, transport="symm_mem")
 ROTATED = dataclasses.replace(CONFIG, rotation="hadamard")
+EQUAL_SPLIT = dataclasses.replace(CONFIG, reduce_bits=6, gather_bits=6)
 
 
 class LocalWorkspace:
@@ -83,24 +86,28 @@ def chained(all_reduce):
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--baseline", required=True, help="a triton_kernels.py with barrier_kernel (e.g. ba72fe5's)")
+    parser.add_argument("--baseline", help="a triton_kernels.py with barrier_kernel (e.g. ba72fe5's): 5 launches")
     args = parser.parse_args()
     compile_every_variant()
     device = torch.device("cuda", 0)
-    largest = SymmetricLayout.of(max(TOKENS) * HIDDEN, 1, CONFIG).total_bytes
+    largest = max(SymmetricLayout.of(max(TOKENS) * HIDDEN, 1, c).total_bytes for c in (CONFIG, EQUAL_SPLIT))
     workspace = LocalWorkspace(largest, device)
     address = workspace.table.data_ptr()
-    variants = {"chain alone": chained(None),
-                "3 launches": chained(SymmetricPipeline(CONFIG, 1, address, 0)),
-                "5 launches": chained(five_launches(load_kernels(args.baseline), address)),
-                "3 launches, rotated": chained(SymmetricPipeline(ROTATED, 1, address, 0))}
+    variants = {"chain alone": chained(None), "3 launches": chained(SymmetricPipeline(CONFIG, 1, address, 0))}
+    if args.baseline:
+        variants["5 launches"] = chained(five_launches(load_kernels(args.baseline), address))
+    variants["3 launches, rotated"] = chained(SymmetricPipeline(ROTATED, 1, address, 0))
+    variants["INT6/INT6"] = chained(SymmetricPipeline(EQUAL_SPLIT, 1, address, 0))
+    variants["INT6/INT6, rotated"] = chained(SymmetricPipeline(dataclasses.replace(EQUAL_SPLIT, rotation="hadamard"),
+                                                               1, address, 0))
     rows = []
     for tokens in TOKENS:
         x = torch.randn(tokens, HIDDEN, device=device, dtype=torch.bfloat16)
         torch._dynamo.mark_static(x, 1)
         outputs = {name: fn(x) for name, fn in variants.items()}
-        row = dict(tokens=tokens, MB=x.nbytes / 1e6,
-                   same_bytes=torch.equal(outputs["3 launches"], outputs["5 launches"]))
+        row = dict(tokens=tokens, MB=x.nbytes / 1e6)
+        if "5 launches" in outputs:
+            row["same_bytes"] = torch.equal(outputs["3 launches"], outputs["5 launches"])
         for name, fn in variants.items():
             row[f"{name} no-graphs us"] = back_to_back_us(lambda fn=fn: fn(x), device) / CHAIN
             row[f"{name} gpu us"] = graph_median_ms(lambda fn=fn: fn(x), device) * 1e3 / CHAIN

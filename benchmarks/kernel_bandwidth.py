@@ -1,13 +1,15 @@
 """Bandwidth of the quantize / dequantize-sum-requantize / dequantize kernels next to a device-to-device copy, on one
 GPU, at 64 MB of bf16 (counting bytes read plus bytes written, as the copy is counted), timed in CUDA graphs.
 
-    PYTHONPATH=. python -m benchmarks.kernel_bandwidth [--sweep] [--baseline PATH]
+    PYTHONPATH=. python -m benchmarks.kernel_bandwidth [--sweep] [--baseline PATH] [--splits]
 
 --sweep also times every candidate launch of each kernel for INT4/INT8 g128: elements per program x warps plain, the
 warps of the one-group-per-thread launch rotated; it prints the fastest in FLASHCOMM_LAUNCH's syntax, which
 `flashcomm_compile.kernels.launches.LAUNCH` is then set to.
 --baseline times another version of triton_kernels.py (e.g. `git show REV:flashcomm_compile/kernels/triton_kernels.py`
 saved under the ignored .device/) in the same run, beside the current one.
+--splits times the equal splits INT4/INT4 ... INT8/INT8 too, plain and rotated: each kernel at 5, 6 and 7 bits beside
+the 4- and 8-bit kernels it sits between (`split_ratios` prints how far it is from the slower of the two).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from benchmarks.common import environment, print_table, write_json
 NUMEL = 32 * 2**20  # 64 MB of bf16
 WORLD = 2
 CONFIGS = [(4, 8, False, False), (8, 8, False, False), (2, 8, True, False), (4, 8, False, True)]  # bits, spike, rotate
+SPLITS = [(bits, bits, False, rotate) for rotate in (False, True) for bits in range(4, 9)]
 SWEEP_ELEMENTS = (2048, 4096, 8192, 16384)
 SWEEP_WARPS = (2, 4, 8)
 SWEEP_PER_THREAD_WARPS = (1, 2, 4, 8)
@@ -125,10 +128,26 @@ def fastest(sweep_rows: list[dict]) -> str:
     return ",".join(items)
 
 
+def split_ratios(rows: list[dict]) -> list[dict]:
+    """Each 5-, 6- and 7-bit kernel's time over the slower of the 4- and 8-bit kernels of its family (plain or
+    rotated), from the current version's rows of the equal splits."""
+    times = {(row["config"], row["kernel"]): row["ms"] for row in rows if row.get("version") == "current"}
+    ratios = []
+    for rotation in ("", " hadamard"):
+        for bits in (5, 6, 7):
+            for kernel in ("quantize", "dequant_sum_requant", "dequantize"):
+                between = max(times[(f"INT{b}/INT{b}{rotation}", kernel)] for b in (4, 8))
+                ms = times[(f"INT{bits}/INT{bits}{rotation}", kernel)]
+                ratios.append(dict(config=f"INT{bits}/INT{bits}{rotation}", kernel=kernel, ms=ms,
+                                   of_slower_neighbour=ms / between))
+    return ratios
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--baseline", help="another triton_kernels.py to time beside the current one")
+    parser.add_argument("--splits", action="store_true", help="the equal splits INT4/INT4 .. INT8/INT8 too")
     args = parser.parse_args()
     x = torch.randn(NUMEL, device="cuda", dtype=torch.bfloat16)
     y = torch.empty_like(x)
@@ -138,7 +157,8 @@ def main() -> None:
     versions = {"current": triton_kernels}
     if args.baseline:
         versions["baseline"] = load_kernels(args.baseline)
-    for reduce_bits, gather_bits, spike, rotate in CONFIGS:
+    configs = CONFIGS + [split for split in SPLITS if split not in CONFIGS] if args.splits else CONFIGS
+    for reduce_bits, gather_bits, spike, rotate in configs:
         label = f"INT{reduce_bits}/INT{gather_bits}{'+spike' if spike else ''}{' hadamard' if rotate else ''}"
         for version, module in versions.items():
             if rotate and version == "baseline":
@@ -153,6 +173,10 @@ def main() -> None:
     print(f"kernel bandwidth, 64 MB bf16, W={WORLD}, group 128, {env['card']}, {env['date']}, launch {launch}")
     print_table(rows, ["kernel", "config", "version", "ms", "GBps", "of_copy"])
     result = dict(environment=env, numel=NUMEL, world_size=WORLD, launch=launch, rows=rows)
+    if args.splits:
+        result["split_ratios"] = split_ratios(rows)
+        print("5-, 6- and 7-bit kernels against the slower of the 4- and 8-bit ones:")
+        print_table(result["split_ratios"], ["config", "kernel", "ms", "of_slower_neighbour"])
     if args.sweep:
         result["sweep"] = sweep(x, copy_gbps)
         print("launch sweep, INT4/INT8 g128:")

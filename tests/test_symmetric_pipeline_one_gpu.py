@@ -18,12 +18,14 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 
 @pytest.mark.parametrize("rotation", ["none", "hadamard"])
-def test_compiled_pipeline_is_three_launches_and_the_eager_bytes(rotation):
+@pytest.mark.parametrize("reduce_bits, gather_bits", [(4, 8), (6, 6), (5, 7)])
+def test_compiled_pipeline_is_three_launches_and_the_eager_bytes(rotation, reduce_bits, gather_bits):
     from benchmarks.host_cost import LocalWorkspace
     from torch._inductor import config as inductor_config
     from torch._inductor.utils import run_and_get_code
 
-    config = FlashCommConfig(reduce_bits=4, gather_bits=8, group_size=128, rotation=rotation, transport="symm_mem")
+    config = FlashCommConfig(reduce_bits=reduce_bits, gather_bits=gather_bits, group_size=128, rotation=rotation,
+                             transport="symm_mem")
     x = torch.randn(1000, 4096, device="cuda", dtype=torch.bfloat16)
     workspace = LocalWorkspace(SymmetricLayout.of(x.numel(), 1, config).total_bytes, x.device)
     pipeline = SymmetricPipeline(config, 1, workspace.table.data_ptr(), 0)
