@@ -67,17 +67,25 @@ def _unpack(b, BITS: tl.constexpr):
 def _store_codes(u8, row, q, valid, BITS: tl.constexpr, G: tl.constexpr, FIRST: tl.constexpr, V: tl.constexpr,
                  BLOCK_G: tl.constexpr):
     """Codes q [BLOCK_G, V], values FIRST .. FIRST + V of groups whose codes start at byte `row`, into their bit
-    planes (layout.code_planes: plane W holds bits SHIFT .. SHIFT + W of each code, after the wider planes)."""
-    for k in tl.static_range(4):
-        W: tl.constexpr = 8 >> k
-        if (BITS & W) != 0:
-            SHIFT: tl.constexpr = BITS & (W - 1)
-            WIDER: tl.constexpr = BITS - (BITS & (2 * W - 1))  # bits of the planes before this one
-            plane = q >> SHIFT
-            if WIDER != 0:  # the top plane has no code bits above it to clear
-                plane = plane & ((1 << W) - 1)
-            where = row[:, None] + (G * WIDER // 8 + FIRST * W // 8) + tl.arange(0, V * W // 8)[None, :]
-            tl.store(u8 + where, _pack(plane, W, V, BLOCK_G), mask=valid[:, None])
+    planes (layout.code_planes)."""
+    _store_plane(u8, row, q, valid, 8, BITS, G, FIRST, V, BLOCK_G)
+    _store_plane(u8, row, q, valid, 4, BITS, G, FIRST, V, BLOCK_G)
+    _store_plane(u8, row, q, valid, 2, BITS, G, FIRST, V, BLOCK_G)
+    _store_plane(u8, row, q, valid, 1, BITS, G, FIRST, V, BLOCK_G)
+
+
+@triton.jit
+def _store_plane(u8, row, q, valid, W: tl.constexpr, BITS: tl.constexpr, G: tl.constexpr, FIRST: tl.constexpr,
+                 V: tl.constexpr, BLOCK_G: tl.constexpr):
+    """Plane W of the codes, if BITS has one: bits SHIFT .. SHIFT + W of each code, after the wider planes."""
+    if (BITS & W) != 0:
+        SHIFT: tl.constexpr = BITS & (W - 1)
+        WIDER: tl.constexpr = BITS - (BITS & (2 * W - 1))  # bits of the planes before this one
+        plane = q >> SHIFT
+        if WIDER != 0:  # the top plane has no code bits above it to clear
+            plane = plane & ((1 << W) - 1)
+        where = row[:, None] + (G * WIDER // 8 + FIRST * W // 8) + tl.arange(0, V * W // 8)[None, :]
+        tl.store(u8 + where, _pack(plane, W, V, BLOCK_G), mask=valid[:, None])
 
 
 @triton.jit
@@ -86,18 +94,26 @@ def _load_codes(u8, row, valid, BITS: tl.constexpr, G: tl.constexpr, BLOCK_G: tl
     """The codes [BLOCK_G, G] (int32) of the groups whose codes start at byte `row`, from their bit planes;
     PER_THREAD: one group per thread (see _runs)."""
     q = tl.zeros((BLOCK_G, G), tl.int32)
-    for k in tl.static_range(4):
-        W: tl.constexpr = 8 >> k
-        if (BITS & W) != 0:
-            NB: tl.constexpr = G * W // 8
-            start = row + G * (BITS - (BITS & (2 * W - 1))) // 8
-            if PER_THREAD:
-                VEC: tl.constexpr = 16 if NB > 16 else NB
-                packed = tl.reshape(tl.load(u8 + _runs(start, NB, VEC), mask=valid[:, None, None], other=0),
-                                    (BLOCK_G, NB))
-            else:
-                packed = tl.load(u8 + start[:, None] + tl.arange(0, NB)[None, :], mask=valid[:, None], other=0)
-            q = q | (_unpack(packed.to(tl.int32), W) << (BITS & (W - 1)))
+    q = _load_plane(q, u8, row, valid, 8, BITS, G, BLOCK_G, PER_THREAD)
+    q = _load_plane(q, u8, row, valid, 4, BITS, G, BLOCK_G, PER_THREAD)
+    q = _load_plane(q, u8, row, valid, 2, BITS, G, BLOCK_G, PER_THREAD)
+    return _load_plane(q, u8, row, valid, 1, BITS, G, BLOCK_G, PER_THREAD)
+
+
+@triton.jit
+def _load_plane(q, u8, row, valid, W: tl.constexpr, BITS: tl.constexpr, G: tl.constexpr, BLOCK_G: tl.constexpr,
+                PER_THREAD: tl.constexpr):
+    """q with plane W of the codes (if BITS has one) added in at its place."""
+    if (BITS & W) != 0:
+        NB: tl.constexpr = G * W // 8
+        start = row + G * (BITS - (BITS & (2 * W - 1))) // 8
+        if PER_THREAD:
+            VEC: tl.constexpr = 16 if NB > 16 else NB
+            packed = tl.reshape(tl.load(u8 + _runs(start, NB, VEC), mask=valid[:, None, None], other=0),
+                                (BLOCK_G, NB))
+        else:
+            packed = tl.load(u8 + start[:, None] + tl.arange(0, NB)[None, :], mask=valid[:, None], other=0)
+        q = q | (_unpack(packed.to(tl.int32), W) << (BITS & (W - 1)))
     return q
 
 

@@ -25,6 +25,34 @@ def written(kernel, tensors: dict, scalars: dict) -> list[str]:
     return sorted(get_mutated_tensors(kernel_idx, constants_idx, tensors, {}))
 
 
+def _report(k, bits: int, table: dict, values, token):
+    """(kernel, the arguments it is seen to write) of each kernel at `bits`, rotated and plain."""
+    quantize = dict(BITS=bits, G=128, SPIKE=False, BLOCK_G=32, numel=4096, total_groups=32, groups_per_chunk=16)
+    dequantize = dict(BITS=bits, G=128, SPIKE=False, BLOCK_G=32, numel=4096, groups_per_chunk=16, WORLD=2)
+    reduce = dict(IN_BITS=bits, OUT_BITS=bits, G=128, SPIKE=False, BLOCK_G=32, groups_per_chunk=16, WORLD=2)
+    for rotate in (False, True):
+        shape = dict(ROTATE=rotate, PER_THREAD=rotate)
+        yield f"quantize rotate={rotate}", written(
+            k.quantize_kernel, dict(x=values(), payload=torch.empty(4096, dtype=torch.uint8)),
+            dict(quantize, chunk_bytes=2048, **shape))
+        yield f"quantize_symm rotate={rotate}", written(
+            k.quantize_symm_kernel, dict(x=values(), after=values(), token=token()),
+            dict(quantize, **table, rank=0, stride16=128, WORLD=2, BARRIER=True, **shape))
+        yield f"dequantize rotate={rotate}", written(
+            k.dequantize_kernel, dict(payload=torch.empty(4096, dtype=torch.uint8), out=values()),
+            dict(dequantize, chunk_bytes=2048, **shape))
+        yield f"dequantize_peers rotate={rotate}", written(
+            k.dequantize_peers_kernel, dict(out=values(), token=token()),
+            dict(dequantize, **table, in_offset=0, **shape))
+    yield "dequant_sum_requant", written(
+        k.dequant_sum_requant_kernel, dict(received=torch.empty(4096, dtype=torch.uint8),
+                                           out=torch.empty(4096, dtype=torch.uint8)),
+        dict(reduce, in_chunk_bytes=2048))
+    yield "dequant_sum_requant_peers", written(
+        k.dequant_sum_requant_peers_kernel, dict(token=token()),
+        dict(reduce, **table, in_offset=0, out_offset=4096, rank=0, BARRIER=True))
+
+
 def main() -> None:
     if not torch.cuda.is_available():
         triton.runtime.driver.set_active(_Sm90())
@@ -37,31 +65,9 @@ def main() -> None:
         return torch.empty(1, dtype=torch.int32)
 
     table = dict(table_high=1 << 20, table_low=4096)
-    quantize = dict(BITS=4, G=128, SPIKE=False, BLOCK_G=32, numel=4096, total_groups=32, groups_per_chunk=16)
-    dequantize = dict(BITS=8, G=128, SPIKE=False, BLOCK_G=32, numel=4096, groups_per_chunk=16, WORLD=2)
-    reduce = dict(IN_BITS=4, OUT_BITS=8, G=128, SPIKE=False, BLOCK_G=32, groups_per_chunk=16, WORLD=2)
     report = {}
-    for rotate in (False, True):
-        shape = dict(ROTATE=rotate, PER_THREAD=rotate)
-        report[f"quantize rotate={rotate}"] = written(
-            k.quantize_kernel, dict(x=values(), payload=torch.empty(4096, dtype=torch.uint8)),
-            dict(quantize, chunk_bytes=2048, **shape))
-        report[f"quantize_symm rotate={rotate}"] = written(
-            k.quantize_symm_kernel, dict(x=values(), after=values(), token=token()),
-            dict(quantize, **table, rank=0, stride16=128, WORLD=2, BARRIER=True, **shape))
-        report[f"dequantize rotate={rotate}"] = written(
-            k.dequantize_kernel, dict(payload=torch.empty(4096, dtype=torch.uint8), out=values()),
-            dict(dequantize, chunk_bytes=2048, **shape))
-        report[f"dequantize_peers rotate={rotate}"] = written(
-            k.dequantize_peers_kernel, dict(out=values(), token=token()),
-            dict(dequantize, **table, in_offset=0, **shape))
-    report["dequant_sum_requant"] = written(
-        k.dequant_sum_requant_kernel, dict(received=torch.empty(4096, dtype=torch.uint8),
-                                           out=torch.empty(4096, dtype=torch.uint8)),
-        dict(reduce, in_chunk_bytes=2048))
-    report["dequant_sum_requant_peers"] = written(
-        k.dequant_sum_requant_peers_kernel, dict(token=token()),
-        dict(reduce, **table, in_offset=0, out_offset=4096, rank=0, BARRIER=True))
+    for bits in range(2, 9):  # every bit width's planes, also a check that each kernel builds at it
+        report.update({f"{name} bits={bits}": mutated for name, mutated in _report(k, bits, table, values, token)})
     print(json.dumps(report))
 
 
