@@ -25,31 +25,30 @@ from .layout import PayloadLayout
 
 @triton.jit
 def _pack(q, BITS: tl.constexpr, V: tl.constexpr, BLOCK_G: tl.constexpr):
-    """Codes [BLOCK_G, V] of one plane -> bytes [BLOCK_G, V / 8, BITS] (BITS in 8, 4, 2, 1): each run of 8 codes
-    into BITS bytes, code i of a byte at bit i * BITS. Only the low byte of each int32 is read, and only its low BITS
-    bits may be set (bits above the byte are dropped). Pairs are split off the last axis (register moves) rather than
-    shifted and summed over a reshape (layout conversions). Every plane comes out as runs of 8 codes, so that the
-    planes of a code sit on the same thread whatever their width (see _load_plane)."""
+    """Codes [BLOCK_G, V] of one plane -> bytes [BLOCK_G, V * BITS / 8] (BITS in 8, 4, 2, 1); code i of a byte at
+    bit i * BITS. Only the low byte of each int32 is read, and only its low BITS bits may be set (bits above the byte
+    are dropped). Pairs are split off the last axis (register moves) rather than shifted and summed over a 3-D reshape
+    (layout conversions)."""
     if BITS == 8:
-        packed = tl.reshape(q, (BLOCK_G, V // 8, 8))
+        packed = q
     elif BITS == 4:
-        even, odd = tl.split(tl.reshape(q, (BLOCK_G, V // 8, 4, 2)))
+        even, odd = tl.split(tl.reshape(q, (BLOCK_G, V // 2, 2)))
         packed = even + (odd << 4)  # one shift-add; what it carries past the low byte is dropped
     elif BITS == 2:
-        first, second = tl.split(tl.reshape(q, (BLOCK_G, V // 8, 2, 2, 2)))
+        first, second = tl.split(tl.reshape(q, (BLOCK_G, V // 4, 2, 2)))
         low, high = tl.split(first + (second << 2))
         packed = low + (high << 4)
     else:
         first, second = tl.split(tl.reshape(q, (BLOCK_G, V // 8, 2, 2, 2)))
         low, high = tl.split(first + (second << 1))
         low, high = tl.split(low + (high << 2))
-        packed = tl.expand_dims(low + (high << 4), 2)
+        packed = low + (high << 4)
     return packed.to(tl.uint8)
 
 
 @triton.jit
 def _unpack(b, BITS: tl.constexpr):
-    """Bytes [BLOCK_G, V / 8, BITS] (int32) of one plane -> codes [BLOCK_G, V / 8, 8], the inverse of _pack, by
+    """Bytes [BLOCK_G, V * BITS / 8] (int32) of one plane -> codes [BLOCK_G, V], the inverse of _pack, by
     interleaving."""
     if BITS == 8:
         q = b
@@ -85,14 +84,8 @@ def _store_plane(u8, row, q, valid, W: tl.constexpr, BITS: tl.constexpr, G: tl.c
         plane = q >> SHIFT
         if WIDER != 0:  # the top plane has no code bits above it to clear
             plane = plane & ((1 << W) - 1)
-        where = _plane_bytes(row + (G * WIDER // 8 + FIRST * W // 8), V, W)
-        tl.store(u8 + where, _pack(plane, W, V, BLOCK_G), mask=valid[:, None, None])
-
-
-@triton.jit
-def _plane_bytes(start, V: tl.constexpr, W: tl.constexpr):
-    """Offsets [rows, V / 8, W] of a plane's bytes for V values from each row's `start`: runs of 8 codes."""
-    return start[:, None, None] + (tl.arange(0, V // 8) * W)[None, :, None] + tl.arange(0, W)[None, None, :]
+        where = row[:, None] + (G * WIDER // 8 + FIRST * W // 8) + tl.arange(0, V * W // 8)[None, :]
+        tl.store(u8 + where, _pack(plane, W, V, BLOCK_G), mask=valid[:, None])
 
 
 @triton.jit
@@ -100,29 +93,26 @@ def _load_codes(u8, row, valid, BITS: tl.constexpr, G: tl.constexpr, BLOCK_G: tl
                 PER_THREAD: tl.constexpr):
     """The codes [BLOCK_G, G] (int32) of the groups whose codes start at byte `row`, from their bit planes;
     PER_THREAD: one group per thread (see _runs)."""
-    q = tl.zeros((BLOCK_G, G // 8, 8), tl.int32)
+    q = tl.zeros((BLOCK_G, G), tl.int32)
     q = _load_plane(q, u8, row, valid, 8, BITS, G, BLOCK_G, PER_THREAD)
     q = _load_plane(q, u8, row, valid, 4, BITS, G, BLOCK_G, PER_THREAD)
     q = _load_plane(q, u8, row, valid, 2, BITS, G, BLOCK_G, PER_THREAD)
-    return tl.reshape(_load_plane(q, u8, row, valid, 1, BITS, G, BLOCK_G, PER_THREAD), (BLOCK_G, G))
+    return _load_plane(q, u8, row, valid, 1, BITS, G, BLOCK_G, PER_THREAD)
 
 
 @triton.jit
 def _load_plane(q, u8, row, valid, W: tl.constexpr, BITS: tl.constexpr, G: tl.constexpr, BLOCK_G: tl.constexpr,
                 PER_THREAD: tl.constexpr):
-    """q [BLOCK_G, G / 8, 8] with plane W of the codes (if BITS has one) added in at its place. Each plane is read
-    as runs of 8 codes (W bytes each), so that a thread holds the same codes of every plane: planes read as flat
-    byte rows would each get a layout of their own, and combining them would cost a conversion through shared
-    memory per plane."""
+    """q with plane W of the codes (if BITS has one) added in at its place."""
     if (BITS & W) != 0:
         NB: tl.constexpr = G * W // 8
         start = row + G * (BITS - (BITS & (2 * W - 1))) // 8
         if PER_THREAD:
             VEC: tl.constexpr = 16 if NB > 16 else NB
             packed = tl.reshape(tl.load(u8 + _runs(start, NB, VEC), mask=valid[:, None, None], other=0),
-                                (BLOCK_G, G // 8, W))
+                                (BLOCK_G, NB))
         else:
-            packed = tl.load(u8 + _plane_bytes(start, G, W), mask=valid[:, None, None], other=0)
+            packed = tl.load(u8 + start[:, None] + tl.arange(0, NB)[None, :], mask=valid[:, None], other=0)
         q = q | (_unpack(packed.to(tl.int32), W) << (BITS & (W - 1)))
     return q
 
