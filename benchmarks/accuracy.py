@@ -10,6 +10,7 @@ NCCL where 2 GPUs exist).
    top-1 agreement. Its activations have no outlier channels: what rotation does where there are none to remove.
 
     PYTHONPATH=. python -m benchmarks.accuracy [--quick] [--models minilm,outlier-llama,client-llama]
+        [--configs INT6/INT6,INT4/INT8] [--groups 32,128] [--rotations none,hadamard]
 """
 
 from __future__ import annotations
@@ -26,10 +27,15 @@ from flashcomm_compile.examples import llama, minilm
 from flashcomm_compile.launch import default_backend, rank_device, run_ranks
 
 SENTENCES = Path(__file__).resolve().parent / "data" / "sentences.txt"
-CONFIGS = {
+CONFIGS = {  # the frontier of wire bits against error, most bits first
     "INT8/INT8": dict(reduce_bits=8, gather_bits=8),
+    "INT6/INT8": dict(reduce_bits=6, gather_bits=8),
+    "INT6/INT6": dict(reduce_bits=6, gather_bits=6),
     "INT4/INT8": dict(reduce_bits=4, gather_bits=8),
+    "INT5/INT6": dict(reduce_bits=5, gather_bits=6),
+    "INT5/INT5": dict(reduce_bits=5, gather_bits=5),
     "INT4/INT4": dict(reduce_bits=4, gather_bits=4),
+    "INT3/INT4": dict(reduce_bits=3, gather_bits=4),
     "INT2+spike/INT4": dict(reduce_bits=2, gather_bits=4, spike_reserve=True),
 }
 GROUP_SIZES = (32, 128, 512)
@@ -180,11 +186,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 configs, group 128, 48 sentences")
     parser.add_argument("--groups", default=",".join(map(str, GROUP_SIZES)), help="group sizes, comma-separated")
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {list(MODELS)}")
+    parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of {list(CONFIGS)}")
+    parser.add_argument("--rotations", default=",".join(ROTATIONS), help=f"comma-separated, of {list(ROTATIONS)}")
     args = parser.parse_args()
-    models = args.models.split(",")
-    if unknown := [m for m in models if m not in MODELS]:
-        parser.error(f"--models: unknown {unknown}, expected some of {list(MODELS)}")
-    configs = {k: CONFIGS[k] for k in ("INT8/INT8", "INT4/INT8")} if args.quick else CONFIGS
+    models, names, rotations = args.models.split(","), args.configs.split(","), tuple(args.rotations.split(","))
+    for option, chosen, known in (("models", models, MODELS), ("configs", names, CONFIGS),
+                                  ("rotations", rotations, ROTATIONS)):
+        if unknown := [m for m in chosen if m not in known]:
+            parser.error(f"--{option}: unknown {unknown}, expected some of {list(known)}")
+    configs = {k: CONFIGS[k] for k in ("INT8/INT8", "INT4/INT8")} if args.quick else {k: CONFIGS[k] for k in names}
     groups = (128,) if args.quick else tuple(int(g) for g in args.groups.split(","))
     texts = sentences()[:48] if args.quick else sentences()
     backend = default_backend(2)
@@ -196,11 +206,12 @@ def main() -> None:
     for key in models:
         title, rank_fn, columns = MODELS[key]
         extra = (texts,) if key == "minilm" else ()
-        results[key] = run_ranks(2, rank_fn, configs, groups, *extra, backend=backend, timeout=hours)[0]
+        results[key] = run_ranks(2, rank_fn, configs, groups, *extra, rotations, backend=backend, timeout=hours)[0]
         print(title.format(sentences=len(texts)))
         print_table(results[key], ["config", "group", "rotation", *columns])
-    suffix = "" if models == list(MODELS) else "_" + "_".join(models)
-    write_json(f"accuracy_{backend}_{env['card'].replace(' ', '_')}{suffix}.json", results)
+    date = env["date"][:10]
+    write_json(f"accuracy_{'_'.join(models)}_g{'_'.join(map(str, groups))}_{backend}_{env['card'].replace(' ', '_')}"
+               f"_{date}.json", results)
 
 
 if __name__ == "__main__":

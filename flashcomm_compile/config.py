@@ -9,10 +9,14 @@ ValueError wrapped in torch's BackendCompilerFailed.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from .error_model import split_for_budget
+
 SUPPORTED_BITS = (2, 3, 4, 5, 6, 7, 8)
+DEFAULT_REDUCE_BITS, DEFAULT_GATHER_BITS = 4, 8
 MAX_CHUNKS = 64
 SUPPORTED_GROUP_SIZES = (32, 64, 128, 256, 512, 1024)
 REWRITE_MODES = ("auto", "always", "never")
@@ -44,14 +48,17 @@ class FlashCommConfig:
         "symm_mem": the kernels read their peers' buffers in symmetric memory (NVLink / P2P CUDA GPUs), no NCCL
         call (`symmetric.py`); one pipeline, so chunks must be 1. "auto": symm_mem where the group's GPUs map each
         other's memory and NCCL is not told to avoid peer-to-peer, nccl elsewhere (`passes/guards.py`).
+    max_error: an error budget, the relative RMS error one all-reduce may add: the bits are then the split with the
+        fewest wire bits predicted to err at most this much (`error_model.py`; reduce_bits and gather_bits are set
+        by it, and a budget no split meets is an error). None: the bits as given.
     cuda_graphs: whether the compiled code is replayed in CUDA graphs, which hide the host time of the launches a
         rewritten all-reduce adds and "auto" otherwise counts (`cost_model.HOST_US`). None: as Inductor compiles
         it (mode="reduce-overhead" turns them on); True where the caller captures the compiled code in its own
         graph, as the all-reduce benchmark does.
     """
 
-    reduce_bits: int = 4
-    gather_bits: int = 8
+    reduce_bits: int = DEFAULT_REDUCE_BITS
+    gather_bits: int = DEFAULT_GATHER_BITS
     group_size: int = 128
     spike_reserve: bool = False
     rotation: str = "none"
@@ -61,11 +68,14 @@ class FlashCommConfig:
     chunks: int = 1
     transport: str = "auto"
     cuda_graphs: bool | None = None
+    max_error: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("reduce_bits", "gather_bits"):
             _check_choice(name, getattr(self, name), SUPPORTED_BITS)
         _check_choice("group_size", self.group_size, SUPPORTED_GROUP_SIZES)
+        if self.max_error is not None:
+            self._take_bits_from_budget()
         _check_choice("mode", self.mode, REWRITE_MODES)
         _check_choice("rotation", self.rotation, ROTATIONS)
         for name in ("spike_reserve", "backward"):
@@ -80,6 +90,18 @@ class FlashCommConfig:
         _check_choice("transport", self.transport, TRANSPORTS)
         if self.transport == "symm_mem" and self.chunks != 1:
             raise ValueError(f"chunks must be 1 with transport 'symm_mem', got {self.chunks}")
+
+    def _take_bits_from_budget(self) -> None:
+        budget = self.max_error
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget < math.inf:
+            raise ValueError(f"max_error must be a positive number (relative RMS error), got {budget!r}")
+        reduce_bits, gather_bits = split_for_budget(float(budget), self.group_size)
+        given = (self.reduce_bits, self.gather_bits)
+        if given not in ((DEFAULT_REDUCE_BITS, DEFAULT_GATHER_BITS), (reduce_bits, gather_bits)):
+            raise ValueError(f"max_error chooses reduce_bits and gather_bits (INT{reduce_bits}/INT{gather_bits} for "
+                             f"{budget!r}); got reduce_bits={given[0]}, gather_bits={given[1]} beside it")
+        object.__setattr__(self, "reduce_bits", reduce_bits)
+        object.__setattr__(self, "gather_bits", gather_bits)
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any] | None = None, **overrides: Any) -> "FlashCommConfig":

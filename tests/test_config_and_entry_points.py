@@ -11,17 +11,41 @@ from flashcomm_compile.passes.engine import FlashCommPass
 
 
 @pytest.mark.parametrize("field, value", [
-    ("reduce_bits", 3), ("gather_bits", 16), ("group_size", 100), ("mode", "sometimes"), ("min_bytes", -1),
+    ("reduce_bits", 1), ("gather_bits", 9), ("gather_bits", 16), ("reduce_bits", 6.0), ("group_size", 100), ("mode", "sometimes"), ("min_bytes", -1),
     ("spike_reserve", 1), ("backward", "yes"), ("reduce_bits", True), ("chunks", 0), ("chunks", 65), ("chunks", True),
     ("transport", "nvshmem"), ("transport", None), ("cuda_graphs", "yes"), ("cuda_graphs", 1),
     ("reduce_bits", 4.0), ("gather_bits", 8.0), ("group_size", 128.0), ("chunks", 2.0), ("min_bytes", 1.0),
     ("rotation", "random"), ("rotation", True), ("rotation", None),
+    ("max_error", 0), ("max_error", -0.1), ("max_error", True), ("max_error", "0.02"), ("max_error", float("nan")),
+    ("max_error", float("inf")), ("max_error", 1e-4),
 ])
 def test_invalid_config_value_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         FlashCommConfig(**{field: value})
     with pytest.raises(ValueError, match=field):
         flashcomm_compile.backend(**{field: value})
+
+
+@pytest.mark.parametrize("bits", range(2, 9))
+def test_every_bit_width_from_2_to_8_is_an_option(bits):
+    config = FlashCommConfig(reduce_bits=bits, gather_bits=bits)
+    assert config.variant == f"INT{bits}/INT{bits} g128"
+
+
+def test_an_error_budget_picks_the_fewest_wire_bits_that_fit():
+    """max_error chooses the bits: the split with the fewest wire bits predicted within it."""
+    from flashcomm_compile.error_model import predicted_error, wire_bits
+
+    for budget, group in ((0.02, 128), (0.05, 32), (0.1, 128), (0.3, 1024)):
+        config = FlashCommConfig(max_error=budget, group_size=group)
+        chosen = (config.reduce_bits, config.gather_bits)
+        assert predicted_error(*chosen, group) <= budget
+        cheaper = [(r, g) for r in range(2, 9) for g in range(2, 9)
+                   if wire_bits(r, g, group) < wire_bits(*chosen, group)]
+        assert all(predicted_error(r, g, group) > budget for r, g in cheaper)
+    assert FlashCommConfig.from_options({"max_error": 0.02}).variant == "INT7/INT7 g128"
+    with pytest.raises(ValueError, match="max_error chooses"):
+        FlashCommConfig(max_error=0.02, reduce_bits=6, gather_bits=6)
 
 
 def test_symm_mem_transport_runs_one_pipeline():
@@ -47,7 +71,8 @@ def test_uuid_covers_the_config(monkeypatch):
     assert FlashCommPass(FlashCommConfig(transport="nccl")).uuid() == base
     for change in (dict(reduce_bits=8), dict(gather_bits=4), dict(group_size=64), dict(spike_reserve=True),
                    dict(mode="always"), dict(min_bytes=0), dict(backward=True), dict(chunks=2),
-                   dict(transport="auto"), dict(cuda_graphs=True), dict(rotation="hadamard")):
+                   dict(transport="auto"), dict(cuda_graphs=True), dict(rotation="hadamard"),
+                   dict(reduce_bits=6, gather_bits=6), dict(max_error=0.02)):
         assert FlashCommPass(FlashCommConfig(**{"transport": "nccl", **change})).uuid() != base, change
     # code rewritten for symm_mem holds this process's workspace addresses: never cached where it may be chosen
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
