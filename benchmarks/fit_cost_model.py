@@ -2,6 +2,12 @@
 into the package's cost table, keyed by card, link mode and world size.
 
     python -m benchmarks.fit_cost_model benchmarks/results/allreduce_*.json
+    python -m benchmarks.fit_cost_model --predict benchmarks/results/kernel_bandwidth_bit_splits_*.json
+
+--predict adds lines for splits no two-GPU run has timed yet (PREDICTED), each marked "predicted" with what it was
+predicted from: the measured INT4/INT8 line of the same hardware and transport, plus the wire bytes the split moves
+beyond INT4/INT8's at the transport's measured cost per wire bit, plus the extra time its three kernels took over
+INT4/INT8's on one GPU (kernel_bandwidth --splits). A two-GPU run's fit replaces them.
 """
 
 from __future__ import annotations
@@ -12,12 +18,19 @@ import json
 from benchmarks.allreduce import FLASHCOMM_VARIANTS
 from flashcomm_compile.config import FlashCommConfig
 from flashcomm_compile.cost_model import TABLE_PATH, Line, Prediction
+from flashcomm_compile.error_model import wire_bits
 
 AUTO_TARGET = 1.05  # "auto" may be at most 5% slower than NCCL at any benchmarked size
 
 # benchmark column -> the variant as the cost model names it; "auto" and pieces are not variants of their own
 VARIANTS = {column: FlashCommConfig(**config).variant for column, config in FLASHCOMM_VARIANTS.items()
             if "mode" not in config and "chunks" not in config}
+
+
+# (reduce bits, gather bits, rotation) of the lines --predict adds, at group 128
+PREDICTED = [(r, g, rotation) for rotation in ("none", "hadamard") for r, g in ((5, 5), (6, 6), (7, 7), (5, 6), (6, 8))]
+PREDICTED += [(r, g, "hadamard") for r, g in ((4, 4), (4, 8), (8, 8))]
+KERNELS = ("quantize", "dequant_sum_requant", "dequantize")
 
 
 def fit_line(points: list[tuple[float, float]]) -> dict:
@@ -37,8 +50,14 @@ def fit_line(points: list[tuple[float, float]]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("files", nargs="+")
+    parser.add_argument("--predict", action="store_true", help="FILES are kernel_bandwidth --splits results")
     args = parser.parse_args()
     table = json.loads(TABLE_PATH.read_text()) if TABLE_PATH.exists() else {}
+    if args.predict:
+        for path in args.files:
+            predict_splits(table, json.load(open(path)))
+        TABLE_PATH.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+        return
     for path in args.files:
         run = json.load(open(path))
         env, rows = run["environment"], run["rows"]
@@ -59,6 +78,55 @@ def main() -> None:
             print(f"{key} auto as run (the table of that day): at worst {worst['auto us'] / worst['nccl us']:.3f} "
                   f"of NCCL, at {worst['MB']:.3g} MB")
     TABLE_PATH.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+
+
+def kernel_us(run: dict, reduce_bits: int, gather_bits: int, rotation: str) -> float:
+    """The three kernels' time of a split on one GPU at the run's size: the quantize at the reduce bits, the
+    dequantize at the gather bits (each from the equal split of that width), the dequant-sum-requantize as the slower
+    of the two equal splits (it reads the one width and writes the other)."""
+    suffix = " hadamard" if rotation == "hadamard" else ""
+    ms = {(row["config"], row["kernel"]): row["ms"] for row in run["rows"] if row.get("version", "current") == "current"}
+
+    def time(bits_in: int, bits_out: int, kernel: str) -> float:
+        return ms.get((f"INT{bits_in}/INT{bits_out}{suffix}", kernel)) or ms[(f"INT{bits_in}/INT{bits_in}{suffix}", kernel)]
+
+    reduce = max(time(reduce_bits, gather_bits, "dequant_sum_requant"), time(gather_bits, gather_bits,
+                                                                              "dequant_sum_requant"))
+    return 1e3 * (time(reduce_bits, reduce_bits, "quantize") + reduce + time(gather_bits, gather_bits, "dequantize"))
+
+
+def predict_splits(table: dict, kernel_run: dict) -> None:
+    """Add a predicted line for each split of PREDICTED to every hardware entry with a measured INT4/INT8 line of
+    that transport (see the module docstring)."""
+    mb = 2 * kernel_run["numel"] / 1e6  # bf16 values of the kernel run
+    base_kernels = kernel_us(kernel_run, 4, 8, "none")
+    source = f"predicted from wire bytes and kernel times on one {kernel_run['environment']['card']}, " \
+             f"{kernel_run['environment']['date'][:10]}"
+    for entry in table.values():
+        for transport in ("", " symm_mem"):
+            base = entry.get(f"INT4/INT8 g128{transport}")
+            if base is None or "predicted" in base:
+                continue
+            per_bit = _cost_per_wire_bit(entry, transport)
+            for reduce_bits, gather_bits, rotation in PREDICTED:
+                config = FlashCommConfig(reduce_bits=reduce_bits, gather_bits=gather_bits, rotation=rotation,
+                                         transport=transport.strip() or "nccl")
+                if config.variant in entry and "predicted" not in entry[config.variant]:
+                    continue  # measured
+                extra_bits = wire_bits(reduce_bits, gather_bits, 128) - wire_bits(4, 8, 128)
+                extra_kernels = max(0.0, kernel_us(kernel_run, reduce_bits, gather_bits, rotation) - base_kernels)
+                entry[config.variant] = dict(latency_us=base["latency_us"], predicted=source, us_per_mb=round(
+                    base["us_per_mb"] + extra_bits * per_bit + extra_kernels / mb, 4))
+
+
+def _cost_per_wire_bit(entry: dict, transport: str) -> float:
+    """us per MB of input per wire bit per value, from the transport's measured INT4/INT4 and INT4/INT8 lines (4 wire
+    bits apart), else the NCCL transport's INT4/INT4 and INT8/INT8 (8 apart)."""
+    measured = {name: line for name, line in entry.items() if isinstance(line, dict) and "predicted" not in line}
+    if f"INT4/INT4 g128{transport}" in measured:
+        return (measured[f"INT4/INT8 g128{transport}"]["us_per_mb"] - measured[f"INT4/INT4 g128{transport}"][
+            "us_per_mb"]) / 4
+    return (measured["INT8/INT8 g128"]["us_per_mb"] - measured["INT4/INT4 g128"]["us_per_mb"]) / 8
 
 
 def within_target_in_sample(rows: list[dict], column: str, nccl: Line, line: Line) -> Line:

@@ -6,6 +6,8 @@ Without CUDA graphs a rewritten all-reduce also costs the host time its transpor
 (HOST_US), which the GPU waits for when the model is small: it is added to the flashcomm line there. "auto" rewrites
 an all-reduce only where the flashcomm line lies at least SAFETY below NCCL's, so a misprediction of a few percent
 cannot make it slower; where the table has no entry for the hardware it falls back to the `min_bytes` threshold.
+Splits no two-GPU run has timed have lines predicted from measured ones, marked so (`benchmarks/fit_cost_model.py
+--predict`).
 The decision depends only on the message size, the config and the hardware, which every rank shares, so every rank
 agrees.
 """
@@ -44,12 +46,14 @@ class Line:
 
 @dataclass(frozen=True)
 class Prediction:
-    """The two lines for one hardware; `flashcomm` includes `host_us` where no CUDA graph hides the host time."""
+    """The two lines for one hardware; `flashcomm` includes `host_us` where no CUDA graph hides the host time.
+    `predicted`: where no two-GPU run measured the flashcomm line, what it was predicted from (the table says)."""
 
     hardware: str
     nccl: Line
     flashcomm: Line
     host_us: float = 0.0
+    predicted: str = ""
 
     @property
     def threshold_bytes(self) -> float:
@@ -122,5 +126,6 @@ def predict(device: torch.device, world_size: int, config: FlashCommConfig) -> P
     if "nccl" not in entry or config.variant not in entry:
         return None
     host_us = 0.0 if replayed_in_cuda_graphs(config) else HOST_US[config.transport]
-    gpu = Line(**entry[config.variant])
-    return Prediction(key, Line(**entry["nccl"]), Line(gpu.latency_us + host_us, gpu.us_per_mb), host_us)
+    line = entry[config.variant]
+    return Prediction(key, Line(**entry["nccl"]), Line(line["latency_us"] + host_us, line["us_per_mb"]), host_us,
+                      line.get("predicted", ""))

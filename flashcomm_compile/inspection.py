@@ -8,8 +8,11 @@ JSON schema (version 1), see `Report.to_json`:
                 "transport": "nccl" | "symm_mem" | null, "transport_reason": str,
                 "reduce_payload_bytes": int | str | null, "gather_payload_bytes": int | str | null,
                 "compression": float | null, "padding": str | null,
-                "predicted_us": {"nccl": float, "flashcomm": float, "host": float} | null}],  (host: of flashcomm's,
-                the host time counted without CUDA graphs)
+                "predicted_error": float | null, "wire_bits_per_value": float | null,
+                "predicted_us": {"nccl": float, "flashcomm": float, "host": float} | null,
+                "cost_line": "measured" | str | null}],  (host: of flashcomm's, the host time counted without CUDA
+                graphs; predicted_error: `error_model.predicted_error`, the relative RMS error the rewrite is
+                predicted to add; cost_line: whether the flashcomm line was measured or what it was predicted from)
      "totals": {"sites": int, "rewritten": int, "kept": int, "bytes": int | null, "wire_bytes_nccl": int | null,
                 "wire_bytes_flashcomm": int | null, "predicted_us_nccl": float | null,
                 "predicted_us_flashcomm": float | null},
@@ -33,6 +36,7 @@ import torch.distributed as dist
 from . import cost_model
 from .config import FlashCommConfig
 from .dynamo_backend import FlashCommBackend
+from .error_model import predicted_error, wire_bits
 from .kernels.layout import PayloadLayout
 from .passes import guards
 from .passes.engine import GraphRecord, SiteReport
@@ -56,7 +60,10 @@ class SiteRow:
     gather_payload_bytes: int | str | None = None
     compression: float | None = None
     padding: str | None = None  # "none" where world size x group size provably divides the size
+    predicted_error: float | None = None
+    wire_bits_per_value: float | None = None
     predicted_us: dict[str, float] | None = None
+    cost_line: str | None = None
 
 
 def _module_path(node: torch.fx.Node) -> str:
@@ -102,11 +109,14 @@ def _row(graph: int, report: SiteReport, config: FlashCommConfig) -> SiteRow:
         if site.is_static:
             # a ring all-reduce moves the tensor twice; the two-step pipeline moves each payload once
             row.compression = round(2 * site.nbytes / (reduce_bytes + gather_bytes), 3)
+        row.predicted_error = round(predicted_error(config.reduce_bits, config.gather_bits, config.group_size), 5)
+        row.wire_bits_per_value = wire_bits(config.reduce_bits, config.gather_bits, config.group_size)
     prediction = report.decision.prediction
     if prediction is not None and site.is_static:
         row.predicted_us = dict(nccl=round(prediction.nccl.predict_us(site.nbytes), 1),
                                 flashcomm=round(prediction.flashcomm.predict_us(site.nbytes), 1),
                                 host=prediction.host_us)
+        row.cost_line = prediction.predicted or "measured"
     return row
 
 
@@ -164,7 +174,8 @@ class Report:
         header = (f"flashcomm inspect: world size {self.world_size}, {self.config.describe()}, "
                   f"cost model: {self.cost_model_note()}")
         columns = ["graph", "node", "module", "shape", "dtype", "bytes", "decision", "reason", "transport",
-                   "reduce_payload_bytes", "gather_payload_bytes", "compression", "predicted_us"]
+                   "reduce_payload_bytes", "gather_payload_bytes", "compression", "predicted_error", "predicted_us",
+                   "cost_line"]
         table = _table([[_cell(getattr(r, c)) for c in columns] for r in self.sites], columns)
         totals = ", ".join(f"{k} {v}" for k, v in self.totals().items() if v is not None)
         sources = "\n".join(f"  {r.node}: {r.source}" for r in self.sites if r.source)

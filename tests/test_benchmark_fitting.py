@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.fit_cost_model import auto_worst_ratio, fit_line, within_target_in_sample
+from benchmarks.fit_cost_model import auto_worst_ratio, fit_line, predict_splits, within_target_in_sample
 from flashcomm_compile.cost_model import Line, Prediction
 from flashcomm_compile.kernels.launches import LAUNCH, Launch, parse_launch
 from benchmarks.kernel_bandwidth import SWEEP_ELEMENTS, SWEEP_PER_THREAD_WARPS, SWEEP_WARPS, each_launch, fastest
@@ -14,6 +14,35 @@ from benchmarks.kernel_bandwidth import SWEEP_ELEMENTS, SWEEP_PER_THREAD_WARPS, 
 def test_fit_line_recovers_latency_and_bandwidth():
     points = [(mb, 20.0 + 5.0 * mb) for mb in (0.1, 1.0, 10.0, 100.0)]
     assert fit_line(points) == dict(latency_us=20.0, us_per_mb=5.0)
+
+
+def _kernel_run(extra_ms: float) -> dict:
+    """A kernel_bandwidth --splits result: every kernel 0.01 ms, the 6-bit ones `extra_ms` more."""
+    rows = [dict(config=f"INT{b}/INT{b}{rotation}", kernel=kernel, ms=0.01 + (extra_ms if b == 6 else 0.0))
+            for b in range(4, 9) for rotation in ("", " hadamard")
+            for kernel in ("quantize", "dequant_sum_requant", "dequantize")]
+    rows += [dict(config=f"INT4/INT8{rotation}", kernel=kernel, ms=0.01) for rotation in ("", " hadamard")
+             for kernel in ("quantize", "dequant_sum_requant", "dequantize")]
+    return dict(numel=5 * 10**5, rows=rows, environment=dict(card="GPU", date="2026-12-07T00:00:00"))
+
+
+def test_predicted_lines_add_wire_bytes_and_kernel_time_to_the_measured_int4_int8():
+    """INT6/INT6 moves INT4/INT8's bytes: its line is INT4/INT8's plus its kernels' extra time per MB (3 kernels x
+    1 us over 1 MB of bf16 values); INT8/INT8-like splits pay the transport's cost per wire bit; measured lines
+    stay."""
+    measured = {"nccl": dict(latency_us=10.0, us_per_mb=10.0),
+                "INT4/INT4 g128": dict(latency_us=20.0, us_per_mb=2.0),
+                "INT4/INT8 g128": dict(latency_us=20.0, us_per_mb=3.0),
+                "INT8/INT8 g128": dict(latency_us=20.0, us_per_mb=4.0),
+                "INT5/INT5 g128": dict(latency_us=25.0, us_per_mb=2.5)}
+    table = {"GPU|default|w2": dict(measured)}
+    predict_splits(table, _kernel_run(extra_ms=0.001))
+    entry = table["GPU|default|w2"]
+    assert entry["INT6/INT6 g128"]["us_per_mb"] == pytest.approx(3.0 + 3 * 1.0)
+    assert entry["INT7/INT7 g128"]["us_per_mb"] == pytest.approx(3.0 + 2 * 0.25)  # 2 wire bits beyond INT4/INT8
+    assert entry["INT6/INT6 g128"]["predicted"].startswith("predicted from wire bytes and kernel times on one GPU")
+    assert entry["INT5/INT5 g128"] == measured["INT5/INT5 g128"]
+    assert "INT6/INT6 g128 symm_mem" not in entry  # no measured symm_mem INT4/INT8 to predict from
 
 
 def test_fit_line_lets_small_sizes_decide_the_latency():

@@ -67,3 +67,26 @@ def test_without_cuda_graphs_a_rewrite_costs_host_time(monkeypatch):
 def test_shipped_table_has_measured_entries():
     table = cost_model._table()
     assert "NVIDIA H200|default|w2" in table and "NVIDIA H200|p2p-disabled|w2" in table
+
+
+def test_a_predicted_line_says_so(monkeypatch):
+    table = {"cpu|default|w2": {"nccl": dict(latency_us=10.0, us_per_mb=2.0),
+                                "INT6/INT6 g128": dict(latency_us=20.0, us_per_mb=1.2, predicted="from kernels")}}
+    monkeypatch.setattr(cost_model, "_table", lambda: table)
+    monkeypatch.delenv("NCCL_P2P_DISABLE", raising=False)
+    config = FlashCommConfig(reduce_bits=6, gather_bits=6, cuda_graphs=True, transport="nccl")
+    p = cost_model.predict(torch.device("cpu"), 2, config)
+    assert p.flashcomm == Line(20.0, 1.2) and p.predicted == "from kernels"
+
+
+def test_shipped_table_predicts_every_new_split_where_int4_int8_was_measured():
+    """Each entry with a measured INT4/INT8 line has predicted lines for the frontier's splits, marked, and no
+    measured line was replaced."""
+    for key, entry in cost_model._table().items():
+        for transport in ("", " symm_mem"):
+            if f"INT4/INT8 g128{transport}" not in entry:
+                continue
+            assert "predicted" not in entry[f"INT4/INT8 g128{transport}"], key
+            for split in ("INT5/INT5", "INT6/INT6", "INT7/INT7", "INT5/INT6", "INT6/INT8"):
+                for rotation in ("", " hadamard"):
+                    assert "predicted" in entry[f"{split} g128{rotation}{transport}"], (key, split, rotation)
