@@ -7,7 +7,7 @@ wait for this rank alone), compiled by Inductor as the pass lowers it. Two versi
 
 - "3 launches": the pipeline as shipped, the barriers at the end of the quantize and the dequant-sum-requantize;
 - "5 launches": the same kernels without their barriers, and a barrier kernel after each (the pipeline before
-  session 8), taken from a triton_kernels.py of that time (`--baseline`, e.g. revision ba72fe5's);
+  the 2026-11-29 three-launch run), taken from a triton_kernels.py of that time (`--baseline`, e.g. revision ba72fe5's);
 - "3 launches, rotated": the pipeline as shipped with rotation="hadamard" (its GPU time beside the plain one's is
   what rotation adds to a symm_mem all-reduce, without the NVLink transfers a second GPU would add to both);
 - "INT6/INT6" and "INT6/INT6, rotated": the same bytes on the wire as INT4/INT8 in an equal split, its codes stored
@@ -54,7 +54,7 @@ class LocalWorkspace:
 
 
 def five_launches(baseline, table_address: int):
-    """The pipeline before session 8: the current kernels without their barriers, a barrier kernel after each."""
+    """The pipeline before the 2026-11-29 three-launch run: the current kernels without their barriers, a barrier kernel after each."""
 
     def all_reduce(x, after):
         layout = SymmetricLayout.of(x.numel(), 1, CONFIG)

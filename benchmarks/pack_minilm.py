@@ -5,7 +5,7 @@ which this script checks before it writes.
 
     PYTHONPATH=. python -m benchmarks.pack_minilm   # writes .device/minilm.tar.gz (git-ignored)
 
-On the device, benchmarks/gpu_session.sh unpacks it as a package directory on PYTHONPATH.
+On the device, benchmarks/on_gpu.sh unpacks it as a package directory on PYTHONPATH.
 """
 
 from __future__ import annotations

@@ -33,8 +33,12 @@ def _parser() -> argparse.ArgumentParser:
                     "with dist.get_rank(), dist.get_world_size() and dist.group.WORLD.")
     p.add_argument("target", metavar="MODULE:FACTORY", help="FACTORY() returns (model, example_inputs)")
     p.add_argument("--world-size", type=int, default=2, help=f"ranks of the fake process group, 1..{MAX_WORLD_SIZE}")
-    p.add_argument("--reduce-bits", type=int, choices=SUPPORTED_BITS, default=4, help="bits of the reduce-scatter")
-    p.add_argument("--gather-bits", type=int, choices=SUPPORTED_BITS, default=8, help="bits of the all-gather")
+    p.add_argument("--reduce-bits", type=int, choices=SUPPORTED_BITS, default=FlashCommConfig.reduce_bits,
+                   help="bits of the reduce-scatter")
+    p.add_argument("--gather-bits", type=int, choices=SUPPORTED_BITS, default=FlashCommConfig.gather_bits,
+                   help="bits of the all-gather")
+    p.add_argument("--max-error", type=float, help="an error budget (relative RMS error per all-reduce): the bits "
+                   "are the split with the fewest wire bits predicted within it, instead of --reduce/--gather-bits")
     p.add_argument("--group-size", type=int, choices=SUPPORTED_GROUP_SIZES, default=128,
                    help="values per scale and zero")
     p.add_argument("--spike-reserve", action="store_true", help="keep each group's extremes exactly")
@@ -100,7 +104,8 @@ def _inspect(args: argparse.Namespace) -> str:
     _check_output(args.out)
     options = dict(reduce_bits=args.reduce_bits, gather_bits=args.gather_bits, group_size=args.group_size,
                    spike_reserve=args.spike_reserve, rotation=args.rotation, mode=args.mode, min_bytes=args.min_bytes,
-                   chunks=args.chunks, transport=args.transport, cuda_graphs=True if args.cuda_graphs else None)
+                   chunks=args.chunks, transport=args.transport, cuda_graphs=True if args.cuda_graphs else None,
+                   max_error=args.max_error)
     try:
         FlashCommConfig(**options)
     except ValueError as e:

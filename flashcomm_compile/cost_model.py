@@ -31,7 +31,7 @@ TABLE_PATH = Path(__file__).with_name("cost_table.json")
 SAFETY = 0.95  # rewrite only where predicted flashcomm time <= SAFETY x predicted NCCL time
 # Host time a rewritten all-reduce adds to the all-reduce Inductor compiles, where no CUDA graph replays it, per
 # transport: the lowered symm_mem pipeline (five kernel launches) costs the host no more than Inductor's NCCL call;
-# the NCCL transport's two collectives about 0.3 ms more (docs/results.md, session 5: "no graphs").
+# the NCCL transport's two collectives about 0.3 ms more (docs/results.md, the 2026-11-28 2x H200 run: "no graphs").
 HOST_US = {"symm_mem": 0.0, "nccl": 320.0}
 
 

@@ -13,6 +13,7 @@ import argparse
 import torch
 import torch.distributed as dist
 
+from .config import ROTATIONS, FlashCommConfig
 from .examples.llama import LlamaShape, build, shard_with_funcol
 from .kernels import reference
 from .kernels.bounds import pipeline_error_bound
@@ -39,7 +40,7 @@ def _rank_main(rank: int, world: int, args: argparse.Namespace) -> dict:
     x = torch.randn(1, args.tokens, shape.dim, generator=torch.Generator().manual_seed(0)).to(device, dtype)
 
     backend = flashcomm_compile.backend(reduce_bits=args.reduce_bits, gather_bits=args.gather_bits, mode="always",
-                                        keep_code=True)
+                                        rotation=args.rotation, keep_code=True)
     exact_model = torch.compile(model)
     flash_model = torch.compile(model, backend=backend)
     # The demo shows what the pass did, so it must run: no FX-graph-cache hit from an earlier run.
@@ -65,7 +66,8 @@ def format_error(args: argparse.Namespace, world: int) -> tuple[float, float]:
     reference kernels: (relative error, relative L2 norm of the analytic bound)."""
     gen = torch.Generator().manual_seed(1)
     inputs = [torch.randn(args.tokens, args.dim, generator=gen) for _ in range(world)]
-    run, layout = simulate(reference, inputs, args.reduce_bits, args.gather_bits, 128, False)
+    run, layout = simulate(reference, inputs, args.reduce_bits, args.gather_bits, 128, False,
+                           args.rotation == "hadamard")
     exact = torch.stack([x.double() for x in inputs]).sum(0)
     bound = pipeline_error_bound(run.sent, run.gathered, layout, args.gather_bits, torch.float32, run.outputs[0])
     return (((run.outputs[0].double() - exact).norm() / exact.norm()).item(),
@@ -85,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokens", type=int, default=None, help="prompt length (default 256 on CPU, 4096 on GPU)")
     parser.add_argument("--reduce-bits", type=int, default=4)
     parser.add_argument("--gather-bits", type=int, default=8)
+    parser.add_argument("--rotation", choices=ROTATIONS, default=FlashCommConfig.rotation)
     args = parser.parse_args(argv)
     backend = default_backend(args.world_size)
     gpu = backend == "nccl"
@@ -105,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"error vs exact all-reduce: max |diff| {r['max_error']:.4g}, relative {r['relative_error']:.4g}; "
           f"ranks bitwise identical: {identical}")
     error, bound = format_error(args, args.world_size)
-    print(f"  (INT{args.reduce_bits}/INT{args.gather_bits} g128 on one all-reduce of Gaussian data: relative error "
+    print(f"  ({r['config'].split(' mode=')[0]} on one all-reduce of Gaussian data: relative error "
           f"{error:.4g}, analytic bound {bound:.4g}; the model's error compounds over its {r['sites']} all-reduces)")
     print(f"time per step (median): exact all-reduce {r['exact_ms']:.2f} ms, flashcomm {r['flash_ms']:.2f} ms "
           f"({r['exact_ms'] / r['flash_ms']:.2f}x)")

@@ -246,7 +246,9 @@ def inspect(model_or_fn: Callable, *example_inputs: Any, world_size: int = 2, ha
     """Compile `model_or_fn` with the flashcomm pass on a fake process group of `world_size` ranks and report.
 
     The process group must exist before a TP model is built; `inspect_factory` builds it inside one. `hardware`
-    ("NVIDIA H200|default") selects the cost model's measurements to predict with; None: this machine's.
+    ("NVIDIA H200|default") selects the cost model's measurements to predict with; None: this machine's. Past
+    dynamo's recompile limit for the model's code (many inspections of one class in a process) this raises rather
+    than report a model that ran uncompiled; `torch._dynamo.reset()` starts afresh.
     """
     from torch._inductor import config as inductor_config
 
@@ -255,7 +257,8 @@ def inspect(model_or_fn: Callable, *example_inputs: Any, world_size: int = 2, ha
     flash_config = FlashCommConfig.from_options(config)
     backend = FlashCommBackend(flash_config, keep_code=True)
     with fake_process_group(world_size), cost_model.assume_hardware(hardware), \
-            inductor_config.patch(fx_graph_cache=False), torch.no_grad():
+            inductor_config.patch(fx_graph_cache=False), torch.no_grad(), \
+            torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
         torch.compile(model_or_fn, backend=backend, dynamic=dynamic)(*example_inputs)
     report = Report(world_size, flash_config, hardware, backend.records)
     report.sites = [_row(i, s, flash_config) for i, g in enumerate(backend.records) for s in g.sites]

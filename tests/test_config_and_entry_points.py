@@ -29,7 +29,7 @@ def test_invalid_config_value_names_the_field(field, value):
 @pytest.mark.parametrize("bits", range(2, 9))
 def test_every_bit_width_from_2_to_8_is_an_option(bits):
     config = FlashCommConfig(reduce_bits=bits, gather_bits=bits)
-    assert config.variant == f"INT{bits}/INT{bits} g128"
+    assert config.variant == f"INT{bits}/INT{bits} g128 hadamard"
 
 
 def test_an_error_budget_picks_the_fewest_wire_bits_that_fit():
@@ -43,7 +43,7 @@ def test_an_error_budget_picks_the_fewest_wire_bits_that_fit():
         cheaper = [(r, g) for r in range(2, 9) for g in range(2, 9)
                    if wire_bits(r, g, group) < wire_bits(*chosen, group)]
         assert all(predicted_error(r, g, group) > budget for r, g in cheaper)
-    assert FlashCommConfig.from_options({"max_error": 0.02}).variant == "INT7/INT7 g128"
+    assert FlashCommConfig.from_options({"max_error": 0.02}).variant == "INT7/INT7 g128 hadamard"
     with pytest.raises(ValueError, match="max_error chooses"):
         FlashCommConfig(max_error=0.02, reduce_bits=6, gather_bits=6)
 
@@ -51,7 +51,7 @@ def test_an_error_budget_picks_the_fewest_wire_bits_that_fit():
 def test_symm_mem_transport_runs_one_pipeline():
     with pytest.raises(ValueError, match="chunks must be 1 with transport 'symm_mem'"):
         FlashCommConfig(transport="symm_mem", chunks=4)
-    assert FlashCommConfig(transport="symm_mem").variant == "INT4/INT8 g128 symm_mem"
+    assert FlashCommConfig(transport="symm_mem", rotation="none").variant == "INT4/INT8 g128 symm_mem"
     assert FlashCommConfig(transport="symm_mem", rotation="hadamard").variant == "INT4/INT8 g128 hadamard symm_mem"
 
 
@@ -60,9 +60,10 @@ def test_unknown_option_is_named():
         FlashCommConfig.from_options({"reduce_bit": 4})
 
 
-def test_defaults_follow_the_paper():
+def test_defaults_are_the_papers_split_rotated():
     config = FlashCommConfig()
     assert (config.reduce_bits, config.gather_bits, config.group_size, config.spike_reserve) == (4, 8, 128, False)
+    assert config.rotation == "hadamard" and config.variant == "INT4/INT8 g128 hadamard"
     assert config.mode == "auto"
 
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import flashcomm_compile
+from flashcomm_compile.error_model import predicted_error
 from flashcomm_compile.inspection import inspect_factory
 from tests.inspection import factories
 
@@ -21,6 +22,12 @@ ROOT = Path(__file__).resolve().parents[2]
 UNMEASURED = "; the cost model has no line for cpu|default|w2"
 EXPECTED = [("rewritten", f"65536 bytes >= min_bytes 4096{UNMEASURED}")] * 4 + [
     ("kept", "reduce op max"), ("kept", "dtype int64"), ("kept", f"below min_bytes (32 < 4096){UNMEASURED}")]
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    """Each test inspects the same model class: past dynamo's recompile limit for its code, inspect raises."""
+    torch._dynamo.reset()
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +46,9 @@ def test_sites_decisions_and_reasons(report):
     assert report.sites[0].reduce_payload_bytes == 9216 and report.sites[0].gather_payload_bytes == 17408
     assert report.sites[0].compression == round(2 * 65536 / (9216 + 17408), 3)
     assert report.sites[4].compression is None  # not eligible: nothing to compress
+    assert report.sites[0].predicted_error == round(predicted_error(4, 8, 128), 5)
+    assert report.sites[4].predicted_error is None
+    assert report.sites[0].wire_bits_per_value == 13.0  # 4 + 8 code bits, 2 x 64 bits of scale and zero per 128
     assert report.sites[0].padding == "none" and report.sites[6].padding == "248 zeros, masked in the kernels"
     totals = report.totals()
     assert (totals["sites"], totals["rewritten"], totals["kept"]) == (7, 4, 3)
@@ -65,7 +75,7 @@ def test_json_schema(report):
     assert data["version"] == 1 and data["world_size"] == 2 and data["config"]["min_bytes"] == 4096
     site_keys = {"graph", "node", "module", "source", "shape", "dtype", "bytes", "group", "decision", "reason",
                  "transport", "transport_reason", "reduce_payload_bytes", "gather_payload_bytes", "compression",
-                 "padding", "predicted_us"}
+                 "padding", "predicted_error", "wire_bits_per_value", "predicted_us", "cost_line"}
     assert all(set(s) == site_keys for s in data["sites"])
     first = data["sites"][0]
     assert first["bytes"] == 65536 and isinstance(first["reduce_payload_bytes"], int)
@@ -79,6 +89,16 @@ def test_predictions_for_a_target_gpu():
     first = report.sites[0]
     assert first.predicted_us is not None and first.predicted_us["nccl"] > 0
     assert first.reason.startswith("below the cost model's threshold")
+
+
+def test_a_split_no_two_gpu_run_timed_is_predicted_and_says_so():
+    measured = inspect_factory(factories.mixed, world_size=2, hardware="NVIDIA H200|default")
+    predicted = inspect_factory(factories.mixed, world_size=2, hardware="NVIDIA H200|default", reduce_bits=6,
+                                gather_bits=6)
+    assert measured.sites[0].cost_line == "measured"
+    assert predicted.sites[0].cost_line.startswith("predicted from wire bytes and kernel times on one NVIDIA H100")
+    assert predicted.sites[0].predicted_error < measured.sites[0].predicted_error / 2
+    assert predicted.sites[0].wire_bits_per_value == measured.sites[0].wire_bits_per_value
 
 
 def test_predictions_count_host_time_without_cuda_graphs(tmp_path):
@@ -149,12 +169,14 @@ def test_cli_json_and_exit_codes(tmp_path):
                 ("tests.inspection.factories:not_callable", "no callable"),
                 ("tests.inspection.factories:raises", "raised RuntimeError: no weights here"),
                 ("tests.inspection.factories:untraceable", "did not trace")]
-    report, verbose, rotated, no_chunks, symm_chunks, *failed = _clis(
+    report, verbose, rotated, no_chunks, symm_chunks, budget, no_budget, *failed = _clis(
         ("tests.inspection.factories:mixed", "--min-bytes", "4096", "--format", "json", "--out", str(out)),
         ("tests.inspection.factories:raises", "--verbose"),
         ("tests.inspection.factories:mixed", "--rotation", "hadamard", "--mode", "always"),
         ("tests.inspection.factories:mixed", "--chunks", "0"),
         ("tests.inspection.factories:mixed", "--transport", "symm_mem", "--chunks", "2"),
+        ("tests.inspection.factories:mixed", "--max-error", "0.02", "--mode", "always"),
+        ("tests.inspection.factories:mixed", "--max-error", "0.0001"),
         *[(target,) for target, _ in failures])
     assert report.returncode == 0, report.stderr
     assert [s["decision"] for s in json.loads(out.read_text())["sites"]] == [d for d, _ in EXPECTED]
@@ -167,6 +189,8 @@ def test_cli_json_and_exit_codes(tmp_path):
     assert rotated.returncode == 0 and "INT4/INT8 g128 hadamard mode=always" in rotated.stdout, rotated.stderr
     assert no_chunks.returncode == 2 and "flashcomm-compile: error: chunks must be an int" in no_chunks.stderr
     assert symm_chunks.returncode == 2 and "chunks must be 1 with transport 'symm_mem'" in symm_chunks.stderr
+    assert budget.returncode == 0 and "INT7/INT7 g128 mode=always" in budget.stdout, budget.stderr
+    assert no_budget.returncode == 2 and "below what any split reaches" in no_budget.stderr
 
 
 def test_cli_usage_errors_are_one_line_before_any_tracing(tmp_path):

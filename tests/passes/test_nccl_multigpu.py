@@ -27,7 +27,7 @@ def _single_site(rank, world):
     x = torch.randn(4096, 4096 + 64, device="cuda", dtype=torch.bfloat16)
     from torch._inductor import config as inductor_config
 
-    backend = flashcomm_compile.backend(mode="always", reduce_bits=4, gather_bits=8, transport="nccl")
+    backend = flashcomm_compile.backend(mode="always", reduce_bits=4, gather_bits=8, rotation="none", transport="nccl")
     with inductor_config.patch(fx_graph_cache=False):
         out = torch.compile(lambda t: funcol.all_reduce(t, "sum", dist.group.WORLD), backend=backend)(x)
     inputs = [torch.empty_like(x) for _ in range(world)]

@@ -50,16 +50,24 @@ def _everyone(x: torch.Tensor) -> list[torch.Tensor]:
     return parts
 
 
-def _single_site(rank, world):
-    """One all-reduce per config: node counts, equality with the simulated pipeline, the bound."""
+# (dtype, config, shape) of one all-reduce each; the bit widths of bit planes (INT6, INT5/INT7) first, for 4 ranks
+SINGLE_SITE_CASES = [
+    (torch.bfloat16, dict(reduce_bits=6, gather_bits=6, rotation="hadamard"), (9, 200)),
+    (torch.float32, dict(reduce_bits=5, gather_bits=7, rotation="none", group_size=32), (6, 100)),
+    (torch.float32, dict(reduce_bits=4, gather_bits=8, rotation="none"), (48, 320)),
+    (torch.bfloat16, dict(reduce_bits=2, gather_bits=4, spike_reserve=True, group_size=32, rotation="none"), (7, 33)),
+    (torch.float16, dict(reduce_bits=8, gather_bits=8, group_size=1024, rotation="none"), (3, 2048)),
+    (torch.bfloat16, dict(reduce_bits=4, gather_bits=8, rotation="hadamard", group_size=64), (5, 96)),
+]
+
+
+def _single_site(rank, world, cases: int):
+    """One all-reduce per config of the first `cases`: node counts, equality with the simulated pipeline, the
+    bound."""
     from torch._inductor import config as inductor_config
 
     results = []
-    cases = [(torch.float32, dict(reduce_bits=4, gather_bits=8), (48, 320)),
-             (torch.bfloat16, dict(reduce_bits=2, gather_bits=4, spike_reserve=True, group_size=32), (7, 33)),
-             (torch.float16, dict(reduce_bits=8, gather_bits=8, group_size=1024), (3, 2048)),
-             (torch.bfloat16, dict(reduce_bits=4, gather_bits=8, rotation="hadamard", group_size=64), (5, 96))]
-    for dtype, config, shape in cases:
+    for dtype, config, shape in SINGLE_SITE_CASES[:cases]:
         torch.manual_seed(100 + rank)
         x = torch.randn(shape, dtype=dtype)
 
@@ -88,8 +96,9 @@ def _single_site(rank, world):
     return results
 
 
-def test_single_all_reduce_rewritten_exactly_and_within_bound():
-    ranks = run_ranks(2, _single_site)
+@pytest.mark.parametrize("world, cases", [(2, len(SINGLE_SITE_CASES)), (4, 2)])
+def test_single_all_reduce_rewritten_exactly_and_within_bound(world, cases):
+    ranks = run_ranks(world, _single_site, cases)
     for case in range(len(ranks[0])):
         got, expected = ranks[0][case]["counts"]
         assert got == expected
@@ -98,7 +107,7 @@ def test_single_all_reduce_rewritten_exactly_and_within_bound():
                                            "_c10d_functional.all_reduce": 0, "flashcomm": 0}
         for rank in ranks:
             assert rank[case]["within_bound"] and rank[case]["equals_simulation"]
-        assert torch.equal(ranks[0][case]["out"], ranks[1][case]["out"])
+        assert all(torch.equal(ranks[0][case]["out"], rank[case]["out"]) for rank in ranks[1:])
 
 
 def _untouched(rank, world):

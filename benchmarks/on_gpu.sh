@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Everything a GPU session needs on the device machine: environment, GPU tests, kernel bandwidth (and the launch
+# Everything one device call runs on the GPU machine: environment, GPU tests, kernel bandwidth (and the launch
 # sweep), all-reduce benchmark, TTFT, accuracy, the demo. Logs and results go under $OUT. NVLink multicast stays off.
 #
 # Run as a script, it runs $STAGES (default: env tests bandwidth allreduce ttft demo) one after another. Sourced, it
 # defines one function per stage, so that one device call can run stages side by side on different GPUs, e.g.
-#   source benchmarks/gpu_session.sh; env_info; GPUS=0,1 tests & GPUS=3 sweep; GPUS=2,3 accuracy; wait; pack_out
+#   source benchmarks/on_gpu.sh; env_info; GPUS=0,1 tests & GPUS=3 sweep; GPUS=2,3 accuracy; wait; pack_out
 # Stage functions take options through ARGS (passed to the benchmark) and GPUS (CUDA_VISIBLE_DEVICES); LOG names
 # the log file when a stage runs more than once.
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
