@@ -50,7 +50,7 @@ def _everyone(x: torch.Tensor) -> list[torch.Tensor]:
     return parts
 
 
-# (dtype, config, shape) of one all-reduce each; the bit widths of bit planes (INT6, INT5/INT7) first, for 4 ranks
+# (dtype, config, shape) of one all-reduce each; bit-plane widths first (INT6/INT6 rotated also runs on 4 ranks)
 SINGLE_SITE_CASES = [
     (torch.bfloat16, dict(reduce_bits=6, gather_bits=6, rotation="hadamard"), (9, 200)),
     (torch.float32, dict(reduce_bits=5, gather_bits=7, rotation="none", group_size=32), (6, 100)),
@@ -96,7 +96,7 @@ def _single_site(rank, world, cases: int):
     return results
 
 
-@pytest.mark.parametrize("world, cases", [(2, len(SINGLE_SITE_CASES)), (4, 2)])
+@pytest.mark.parametrize("world, cases", [(2, len(SINGLE_SITE_CASES)), (4, 1)])
 def test_single_all_reduce_rewritten_exactly_and_within_bound(world, cases):
     ranks = run_ranks(world, _single_site, cases)
     for case in range(len(ranks[0])):
