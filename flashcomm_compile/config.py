@@ -36,9 +36,9 @@ class FlashCommConfig:
         With rotation, the extremes of the rotated group.
     rotation: "hadamard" quantizes each group after a Walsh-Hadamard transform (normalized by the group size), which
         spreads an outlier over its group; the sum is taken in the rotated domain and the last dequantize rotates
-        back. Same bytes on the wire. "none" quantizes the values as they are. The default since it was measured:
-        on real activations, which carry outlier channels, it errs far less (all-MiniLM-L6-v2, INT4/INT8 g128: mean
-        cosine 0.9956 against 0.980) for 4-5% more GPU time of a large symm_mem all-reduce (docs/results.md).
+        back. Same bytes on the wire. "none" quantizes the values as they are. Not the default: where a group's
+        values share a large mean, the mean gathers in one rotated coefficient and stretches the group's range, and
+        rotation errs more than plain codes (README, "Which bits").
     mode: "auto" rewrites where the size decision says it pays, "always" every eligible all-reduce, "never" none.
     min_bytes: in "auto" on hardware the cost table does not know, all-reduces smaller than this many bytes keep the
         plain collective. 16 MiB, above the break-evens measured on H100 and H200 (docs/results.md).
@@ -63,7 +63,7 @@ class FlashCommConfig:
     gather_bits: int = DEFAULT_GATHER_BITS
     group_size: int = 128
     spike_reserve: bool = False
-    rotation: str = "hadamard"
+    rotation: str = "none"
     mode: str = "auto"
     min_bytes: int = 16 << 20
     backward: bool = False

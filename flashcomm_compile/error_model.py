@@ -12,8 +12,9 @@ step quantizes the sum once more:
 k(128) = 1.50, k(32) = 1.18. On Gaussian data (2 ranks) the simulated pipeline errs 0.100 at INT4/INT8 g128 (model
 0.100), 0.034 at INT6/INT6 (0.034), 0.0083 at INT8/INT8 (0.0083) (tests/test_error_model.py checks every split).
 Real activations rotated err less (all-MiniLM-L6-v2: 0.52-0.62 of the model across the splits of docs/results.md);
-without rotation, activations with outlier channels can err more (MiniLM up to 2.3x at INT8/INT8): the model is the
-budget's for rotated or outlier-free activations. Spike reserving is not modelled (it only narrows the ranges).
+without rotation, activations with outlier channels can err more (MiniLM up to 2.3x at INT8/INT8), and rotated groups
+whose values share a large mean err more too (README, "Which bits"): the model is the budget's for activations that
+look Gaussian to their groups. Spike reserving is not modelled (it only narrows the ranges).
 
 Wire bits per value: each step's code bits plus its group's float32 scale and zero (64 bits per group).
 """

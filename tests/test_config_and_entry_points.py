@@ -29,7 +29,7 @@ def test_invalid_config_value_names_the_field(field, value):
 @pytest.mark.parametrize("bits", range(2, 9))
 def test_every_bit_width_from_2_to_8_is_an_option(bits):
     config = FlashCommConfig(reduce_bits=bits, gather_bits=bits)
-    assert config.variant == f"INT{bits}/INT{bits} g128 hadamard"
+    assert config.variant == f"INT{bits}/INT{bits} g128"
 
 
 def test_an_error_budget_picks_the_fewest_wire_bits_that_fit():
@@ -43,7 +43,7 @@ def test_an_error_budget_picks_the_fewest_wire_bits_that_fit():
         cheaper = [(r, g) for r in range(2, 9) for g in range(2, 9)
                    if wire_bits(r, g, group) < wire_bits(*chosen, group)]
         assert all(predicted_error(r, g, group) > budget for r, g in cheaper)
-    assert FlashCommConfig.from_options({"max_error": 0.02}).variant == "INT7/INT7 g128 hadamard"
+    assert FlashCommConfig.from_options({"max_error": 0.02}).variant == "INT7/INT7 g128"
     with pytest.raises(ValueError, match="max_error chooses"):
         FlashCommConfig(max_error=0.02, reduce_bits=6, gather_bits=6)
 
@@ -60,10 +60,10 @@ def test_unknown_option_is_named():
         FlashCommConfig.from_options({"reduce_bit": 4})
 
 
-def test_defaults_are_the_papers_split_rotated():
+def test_defaults_follow_the_paper():
     config = FlashCommConfig()
     assert (config.reduce_bits, config.gather_bits, config.group_size, config.spike_reserve) == (4, 8, 128, False)
-    assert config.rotation == "hadamard" and config.variant == "INT4/INT8 g128 hadamard"
+    assert config.rotation == "none" and config.variant == "INT4/INT8 g128"
     assert config.mode == "auto"
 
 

@@ -31,7 +31,7 @@ def test_lookup_by_card_link_world_and_variant(monkeypatch):
     p = cost_model.predict(torch.device("cpu"), 2, FlashCommConfig(cuda_graphs=True, transport="nccl", rotation="none"))
     assert p is not None and p.flashcomm == Line(20.0, 1.0)
     assert cost_model.predict(torch.device("cpu"), 4, FlashCommConfig(transport="nccl", rotation="none")) is None
-    assert cost_model.predict(torch.device("cpu"), 2, FlashCommConfig(transport="nccl")) is None  # rotated: no line
+    assert cost_model.predict(torch.device("cpu"), 2, FlashCommConfig(transport="nccl", rotation="hadamard")) is None
     assert cost_model.predict(torch.device("cpu"), 2, FlashCommConfig(reduce_bits=8, transport="nccl",
                                                                       rotation="none")) is None
     monkeypatch.setenv("NCCL_P2P_DISABLE", "1")
@@ -47,8 +47,8 @@ def test_without_cuda_graphs_a_rewrite_costs_host_time(monkeypatch):
     from torch._inductor import config as inductor_config
 
     table = {"cpu|default|w2": {"nccl": dict(latency_us=10.0, us_per_mb=20.0),
-                                "INT4/INT8 g128 hadamard": dict(latency_us=30.0, us_per_mb=5.0),
-                                "INT4/INT8 g128 hadamard symm_mem": dict(latency_us=20.0, us_per_mb=2.0)}}
+                                "INT4/INT8 g128": dict(latency_us=30.0, us_per_mb=5.0),
+                                "INT4/INT8 g128 symm_mem": dict(latency_us=20.0, us_per_mb=2.0)}}
     monkeypatch.setattr(cost_model, "_table", lambda: table)
     monkeypatch.delenv("NCCL_P2P_DISABLE", raising=False)
     cpu = torch.device("cpu")
