@@ -54,6 +54,13 @@ FLASHCOMM_VARIANTS = {
     "INT4/INT8 symm_mem": dict(reduce_bits=4, gather_bits=8, transport="symm_mem"),
     "INT4/INT4 symm_mem": dict(reduce_bits=4, gather_bits=4, transport="symm_mem"),
     "INT4/INT8 hadamard symm_mem": dict(reduce_bits=4, gather_bits=8, rotation="hadamard", transport="symm_mem"),
+    # the bit-plane splits, whose cost-model lines are predicted until this benchmark times them on two GPUs
+    "INT6/INT6": dict(reduce_bits=6, gather_bits=6, transport="nccl"),
+    "INT5/INT5": dict(reduce_bits=5, gather_bits=5, transport="nccl"),
+    "INT6/INT6 symm_mem": dict(reduce_bits=6, gather_bits=6, transport="symm_mem"),
+    "INT5/INT5 symm_mem": dict(reduce_bits=5, gather_bits=5, transport="symm_mem"),
+    "INT5/INT6 symm_mem": dict(reduce_bits=5, gather_bits=6, transport="symm_mem"),
+    "INT6/INT6 hadamard symm_mem": dict(reduce_bits=6, gather_bits=6, rotation="hadamard", transport="symm_mem"),
 }
 # also timed without CUDA graphs (host cost)
 NO_GRAPHS = ("nccl eager", "nccl", "symm_mem two-shot", "INT4/INT8", "INT4/INT8 symm_mem", "default options")

@@ -2,7 +2,7 @@
 reserving; the input dtype specialises through the pointer type. Each program handles BLOCK_G whole groups, as a
 [BLOCK_G, G] tile (in the plain quantize as G / 32 tiles of [BLOCK_G, 32]; where a kernel needs a whole group at once,
 for rotation or spikes, one group per thread: `_runs`), so a group's min/max is a row reduction and codes are packed
-in registers straight into the one payload buffer. The arithmetic gives `reference.py`'s bytes; see
+in registers straight into the one payload buffer, as bit planes of 8, 4, 2 and 1 bits (`layout.code_planes`). The arithmetic gives `reference.py`'s bytes; see
 it for the quantization rule. The kernels issue few instructions per value: at a few dozen they are bound by issue,
 not by memory (docs/perf-notes.md).
 
