@@ -30,7 +30,6 @@ VARIANTS = {column: FlashCommConfig(**config).variant for column, config in FLAS
 # (reduce bits, gather bits, rotation) of the lines --predict adds, at group 128
 PREDICTED = [(r, g, rotation) for rotation in ("none", "hadamard") for r, g in ((5, 5), (6, 6), (7, 7), (5, 6), (6, 8))]
 PREDICTED += [(r, g, "hadamard") for r, g in ((4, 4), (4, 8), (8, 8))]
-KERNELS = ("quantize", "dequant_sum_requant", "dequantize")
 
 
 def fit_line(points: list[tuple[float, float]]) -> dict:
@@ -85,10 +84,13 @@ def kernel_us(run: dict, reduce_bits: int, gather_bits: int, rotation: str) -> f
     dequantize at the gather bits (each from the equal split of that width), the dequant-sum-requantize as the slower
     of the two equal splits (it reads the one width and writes the other)."""
     suffix = " hadamard" if rotation == "hadamard" else ""
-    ms = {(row["config"], row["kernel"]): row["ms"] for row in run["rows"] if row.get("version", "current") == "current"}
+    ms = {(row["config"], row["kernel"]): row["ms"] for row in run["rows"]
+          if row.get("version", "current") == "current"}
 
     def time(bits_in: int, bits_out: int, kernel: str) -> float:
-        return ms.get((f"INT{bits_in}/INT{bits_out}{suffix}", kernel)) or ms[(f"INT{bits_in}/INT{bits_in}{suffix}", kernel)]
+        """The split's own row where the run has one, else the equal split of its first width."""
+        return ms.get((f"INT{bits_in}/INT{bits_out}{suffix}", kernel)) or ms[(f"INT{bits_in}/INT{bits_in}{suffix}",
+                                                                               kernel)]
 
     reduce = max(time(reduce_bits, gather_bits, "dequant_sum_requant"), time(gather_bits, gather_bits,
                                                                               "dequant_sum_requant"))

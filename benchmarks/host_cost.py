@@ -54,7 +54,8 @@ class LocalWorkspace:
 
 
 def five_launches(baseline, table_address: int):
-    """The pipeline before the 2026-11-29 three-launch run: the current kernels without their barriers, a barrier kernel after each."""
+    """The pipeline before the 2026-11-29 three-launch run: the current kernels without their barriers, a barrier
+    kernel after each."""
 
     def all_reduce(x, after):
         layout = SymmetricLayout.of(x.numel(), 1, CONFIG)

@@ -2,8 +2,8 @@
 activations (the least erring split at each wire budget), and all-MiniLM-L6-v2's loss of cosine (1 - mean cosine to
 the exact all-reduce's embeddings), plain and rotated, from the accuracy benchmark's JSON.
 
-    python -m benchmarks.plot_frontier benchmarks/results/accuracy_minilm_*.json benchmarks/results/accuracy_gloo_cpu.json \\
-        --out benchmarks/results/frontier_g128.png
+    python -m benchmarks.plot_frontier benchmarks/results/accuracy_minilm_*.json \\
+        benchmarks/results/accuracy_gloo_cpu.json --out benchmarks/results/frontier_g128.png
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ from flashcomm_compile.passes.engine import FlashCommPass
 
 
 @pytest.mark.parametrize("field, value", [
-    ("reduce_bits", 1), ("gather_bits", 9), ("gather_bits", 16), ("reduce_bits", 6.0), ("group_size", 100), ("mode", "sometimes"), ("min_bytes", -1),
+    ("reduce_bits", 1), ("gather_bits", 9), ("gather_bits", 16), ("reduce_bits", 6.0), ("group_size", 100),
+    ("mode", "sometimes"), ("min_bytes", -1),
     ("spike_reserve", 1), ("backward", "yes"), ("reduce_bits", True), ("chunks", 0), ("chunks", 65), ("chunks", True),
     ("transport", "nvshmem"), ("transport", None), ("cuda_graphs", "yes"), ("cuda_graphs", 1),
     ("reduce_bits", 4.0), ("gather_bits", 8.0), ("group_size", 128.0), ("chunks", 2.0), ("min_bytes", 1.0),

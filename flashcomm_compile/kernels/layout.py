@@ -9,9 +9,10 @@ uint8 buffer, so each communication step is a single collective:
 where G is the number of groups per chunk. A group's b-bit codes are stored as bit planes of the widths the kernels
 pack in registers (8, 4, 2 and 1 bits, the set bits of b, widest first): code = sum of plane_w << shift_w, the
 widest plane holding the code's top bits. 6 bits are a 4-bit plane (bits 2-5, G / 2 bytes) then a 2-bit plane
-(bits 0-1, G / 4 bytes); 2, 4 and 8 bits are one plane. Within a plane, code j of a byte sits at bit (j % (8 / w)) * w.
-Every group size is a multiple of 8, so every plane fills whole bytes. Scales and zeros are float32 whatever the input dtype: they keep the
-range of bf16 and fp16 inputs and of their fp32 sums, and every offset stays 4-byte aligned.
+(bits 0-1, G / 4 bytes); 2, 4 and 8 bits are one plane. Within a plane, code j of a byte sits at bit
+(j % (8 / w)) * w. Every group size is a multiple of 8, so every plane fills whole bytes. Scales and zeros are float32
+whatever the input dtype: they keep the range of bf16 and fp16 inputs and of their fp32 sums, and every offset stays
+4-byte aligned.
 Sizes may be SymInts: the same arithmetic serves fake tensors under torch.compile.
 """
 
@@ -32,7 +33,8 @@ SPIKE_BYTES_PER_GROUP = 12  # hi + lo (float32) and their indices (int16)
 
 def code_planes(bits: int) -> tuple[tuple[int, int, int], ...]:
     """(width, shift, byte offset per group value) of each bit plane of `bits`-bit codes, widest first: a group of G
-    values has plane w's G * w / 8 bytes at G * offset / 8 bytes into its codes. 7 -> (4, 3, 0), (2, 1, 4), (1, 0, 6)."""
+    values has plane w's G * w / 8 bytes at G * offset / 8 bytes into its codes.
+    7 -> (4, 3, 0), (2, 1, 4), (1, 0, 6)."""
     planes, offset = [], 0
     for width in (8, 4, 2, 1):
         if bits & width:

@@ -2,9 +2,9 @@
 reserving; the input dtype specialises through the pointer type. Each program handles BLOCK_G whole groups, as a
 [BLOCK_G, G] tile (in the plain quantize as G / 32 tiles of [BLOCK_G, 32]; where a kernel needs a whole group at once,
 for rotation or spikes, one group per thread: `_runs`), so a group's min/max is a row reduction and codes are packed
-in registers straight into the one payload buffer, as bit planes of 8, 4, 2 and 1 bits (`layout.code_planes`). The arithmetic gives `reference.py`'s bytes; see
-it for the quantization rule. The kernels issue few instructions per value: at a few dozen they are bound by issue,
-not by memory (docs/perf-notes.md).
+in registers straight into the one payload buffer, as bit planes of 8, 4, 2 and 1 bits (`layout.code_planes`). The
+arithmetic gives `reference.py`'s bytes; see it for the quantization rule. The kernels issue few instructions per
+value: at a few dozen they are bound by issue, not by memory (docs/perf-notes.md).
 
 Each payload is one uint8 tensor; the kernels take its float32 and int16 views by pointer casts (`_views`), so the
 compiled graph sees one buffer per payload. The symmetric-memory kernels reach the workspace through its address
@@ -106,14 +106,15 @@ def _load_plane(q, u8, row, valid, W: tl.constexpr, BITS: tl.constexpr, G: tl.co
     """q with plane W of the codes (if BITS has one) added in at its place."""
     if (BITS & W) != 0:
         NB: tl.constexpr = G * W // 8
-        start = row + G * (BITS - (BITS & (2 * W - 1))) // 8
+        WIDER: tl.constexpr = BITS - (BITS & (2 * W - 1))  # bits of the planes before this one, as _store_plane
+        start = row + G * WIDER // 8
         if PER_THREAD:
             VEC: tl.constexpr = 16 if NB > 16 else NB
             packed = tl.reshape(tl.load(u8 + _runs(start, NB, VEC), mask=valid[:, None, None], other=0),
                                 (BLOCK_G, NB))
         else:
             packed = tl.load(u8 + start[:, None] + tl.arange(0, NB)[None, :], mask=valid[:, None], other=0)
-        q = q | (_unpack(packed.to(tl.int32), W) << (BITS & (W - 1)))
+        q = q | (_unpack(packed.to(tl.int32), W) << (BITS & (W - 1)))  # at SHIFT, as _store_plane
     return q
 
 
