@@ -41,6 +41,7 @@ sweep() {  # times the launch candidates, then exports the fastest as FLASHCOMM_
 bandwidth() { _run bandwidth "${LIMIT:-200}" python3 -m benchmarks.kernel_bandwidth ${ARGS:-}; }
 allreduce() { _run "${LOG:-allreduce}" "${LIMIT:-500}" python3 -m benchmarks.allreduce ${ARGS:-}; }
 ttft() { _run "${LOG:-ttft}" "${LIMIT:-300}" python3 -m benchmarks.ttft ${ARGS:-}; }
+compile_time() { _run "${LOG:-compile_time}" "${LIMIT:-500}" python3 -m benchmarks.compile_time ${ARGS:-}; }
 accuracy() { _run accuracy "${LIMIT:-300}" python3 -m benchmarks.accuracy ${ARGS:-}; }
 demo() { _run demo "${LIMIT:-300}" python3 -m flashcomm_compile.demo; }
 pack_out() { step pack; tar -czf "$CALL_OUT/results.tgz" -C "$OUT" . && rm -rf "$OUT"; }

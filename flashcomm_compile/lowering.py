@@ -2,8 +2,8 @@
 
 The transport's pipeline (`pipeline.py`) is traced on the site's fake values (functionalized, with Inductor's
 decompositions) and inlined in place of the all-reduce. Its Triton kernels become `triton_kernel_wrapper_functional`
-nodes, which Inductor turns into user-defined Triton kernels that its generated code launches itself; the torch
-reference (CPUs) becomes ordinary ops that Inductor compiles; the collectives are Inductor's own. Everything the
+nodes, which Inductor turns into user-defined Triton kernels that its generated code launches itself; on CPUs the
+torch reference's stages are three custom ops (`kernels/reference_ops.py`); the collectives are Inductor's own. Everything the
 compile knows (config, layout, launch grid, workspace address) is baked in: nothing is built per call.
 """
 

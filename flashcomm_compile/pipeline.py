@@ -1,8 +1,8 @@
 """The stages of one quantized all-reduce, described once per transport.
 
-The pass traces these into the post-grad graph (Inductor then launches the Triton kernels itself, or compiles the
-torch reference on CPUs), the eager API calls them, and the benchmarks time them stage by stage. Each pipeline holds
-what the compile knows (config, group, world size, workspace), so nothing is rebuilt per call.
+The pass traces these into the post-grad graph (Inductor then launches the Triton kernels itself; on CPUs it calls
+the torch reference's custom ops), the eager API calls them, and the benchmarks time them stage by stage. Each
+pipeline holds what the compile knows (config, group, world size, workspace), so nothing is rebuilt per call.
 
 NCCL transport: quantize -> all-to-all (the reduce-scatter) -> dequantize-sum-requantize -> all-gather -> dequantize.
 Symmetric memory: the all-to-all and the all-gather are folded into the kernels' loads from the peers' buffers, with
@@ -17,19 +17,20 @@ from dataclasses import dataclass
 import torch
 
 from .config import FlashCommConfig
-from .kernels import reference
+from .kernels import reference_ops
 from .kernels.layout import PayloadLayout, validate_dtype
 
 _c10d = torch.ops._c10d_functional
 
 
 def kernels_for(device: torch.device):
-    """The Triton kernels on CUDA, the torch reference elsewhere (same bytes; Inductor compiles either)."""
+    """The Triton kernels on CUDA (Inductor launches them itself), the torch reference as custom ops elsewhere (the
+    same bytes; `reference_ops` says why not traced in)."""
     if device.type == "cuda":
         from .kernels import triton_kernels
 
         return triton_kernels
-    return reference
+    return reference_ops
 
 
 def piece_bounds(numel, chunks: int, alignment: int) -> list[tuple]:

@@ -5,6 +5,8 @@ left alone unless asked, and Inductor's own code where the default options rewri
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -17,14 +19,17 @@ from flashcomm_compile.kernels.bounds import pipeline_error_bound
 from flashcomm_compile.launch import run_ranks
 from flashcomm_compile.pipeline import simulate
 
-# one rewritten all-reduce on the NCCL transport; on CPUs the kernels are the torch reference's ops, traced in
+# one rewritten all-reduce on the NCCL transport; on CPUs the kernels are the torch reference's three custom ops
 REWRITTEN_OPS = {
     "_c10d_functional.all_reduce.default": 0,
     "_c10d_functional.all_to_all_single.default": 1,
     "_c10d_functional.all_gather_into_tensor.default": 1,
     "_c10d_functional.wait_tensor.default": 2,
+    "flashcomm.reference_quantize.default": 1,
+    "flashcomm.reference_dequant_sum_requant.default": 1,
+    "flashcomm.reference_dequantize.default": 1,
 }
-COLLECTIVES = tuple(REWRITTEN_OPS)
+CPU_STAGES = ["reference_dequant_sum_requant", "reference_dequantize", "reference_quantize"]
 
 
 def _counts(record, sites: int = 1) -> dict:
@@ -33,8 +38,10 @@ def _counts(record, sites: int = 1) -> dict:
 
 def _calls_in(code: str) -> dict:
     """What Inductor's generated code calls: collectives, and anything of flashcomm's reached by name."""
-    names = ("all_to_all_single", "all_gather_into_tensor", "_c10d_functional.all_reduce", "flashcomm")
-    return {name: code.count(f"{name}.default(") if "_" in name else code.count(name) for name in names}
+    names = ("all_to_all_single", "all_gather_into_tensor", "_c10d_functional.all_reduce")
+    calls = {name: code.count(f"{name}.default(") for name in names}
+    flashcomm = re.findall(r"torch\.ops\.flashcomm\.(\w+)\.default\(", code)
+    return {**calls, "flashcomm": sorted(set(flashcomm)), "flashcomm calls": len(flashcomm)}
 
 
 def _compile(fn, dynamic=None, **config):
@@ -102,9 +109,10 @@ def test_single_all_reduce_rewritten_exactly_and_within_bound(world, cases):
     for case in range(len(ranks[0])):
         got, expected = ranks[0][case]["counts"]
         assert got == expected
-        # lowered, not called: the collectives are Inductor's own, no flashcomm op behind the dispatcher
+        # the collectives are Inductor's own; on CPUs the reference's three stages are its only flashcomm calls
         assert ranks[0][case]["calls"] == {"all_to_all_single": 1, "all_gather_into_tensor": 1,
-                                           "_c10d_functional.all_reduce": 0, "flashcomm": 0}
+                                           "_c10d_functional.all_reduce": 0, "flashcomm": CPU_STAGES,
+                                           "flashcomm calls": 3}
         for rank in ranks:
             assert rank[case]["within_bound"] and rank[case]["equals_simulation"]
         assert all(torch.equal(ranks[0][case]["out"], rank[case]["out"]) for rank in ranks[1:])
