@@ -15,6 +15,7 @@ from torch._inductor import list_mode_options
 from torch._inductor.compile_fx import compile_fx, compile_fx_inner
 
 from .config import FlashCommConfig
+from .kernels.analysis import analysed_once
 from .passes.engine import ComposedPass, FlashCommPass, GraphRecord
 
 INDUCTOR_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -49,7 +50,8 @@ class FlashCommBackend:
         patches = {**(list_mode_options(self.inductor_mode) if self.inductor_mode else {}),
                    "post_grad_custom_post_pass": both}
         hits, records = _cache_hits(), len(self.records)
-        compiled = compile_fx(gm, example_inputs, inner_compile=self._inner_compile, config_patches=patches)
+        with analysed_once():
+            compiled = compile_fx(gm, example_inputs, inner_compile=self._inner_compile, config_patches=patches)
         if len(self.records) == records and _cache_hits() > hits:
             self.graph_pass.served_from_cache()
         return compiled

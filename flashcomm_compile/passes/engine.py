@@ -19,7 +19,7 @@ from torch._inductor.pattern_matcher import is_match
 from .. import cost_model
 from ..config import FlashCommConfig
 from ..kernels.launches import LAUNCH
-from ..lowering import inline, op_name
+from ..lowering import Inliner, op_name
 from .guards import Decision, keep
 from .rules import ALL_REDUCE, RULES, Rule
 from .site import Site, world_size_of
@@ -62,14 +62,14 @@ class GraphRecord:
 def apply_rules(graph: torch.fx.Graph, config: FlashCommConfig, rules: tuple[Rule, ...] = RULES) -> list[SiteReport]:
     """Each all-reduce, in graph order, rewritten by the first rule that matches and whose guard agrees. The token
     of one rewritten site is handed to the next, so that sites sharing a symmetric workspace stay in order."""
-    reports, token = [], None
+    reports, token, inliner = [], None, Inliner(graph)
     for all_reduce in [n for n in graph.nodes if n.target is ALL_REDUCE]:
-        report, token = _apply_first_matching(graph, all_reduce, config, rules, token)
+        report, token = _apply_first_matching(inliner, all_reduce, config, rules, token)
         reports.append(report)
     return reports
 
 
-def _apply_first_matching(graph: torch.fx.Graph, all_reduce: torch.fx.Node, config: FlashCommConfig, rules,
+def _apply_first_matching(inliner: Inliner, all_reduce: torch.fx.Node, config: FlashCommConfig, rules,
                           token: torch.fx.Node | None) -> tuple[SiteReport, torch.fx.Node | None]:
     inp, reduce_op, group_name = all_reduce.args[:3]
     site = Site(all_reduce, inp, reduce_op, group_name, world_size_of(group_name))
@@ -79,22 +79,19 @@ def _apply_first_matching(graph: torch.fx.Graph, all_reduce: torch.fx.Node, conf
                 continue
             decision = rule.guard(site, config)
             if decision.rewrite:
-                token = _replace(graph, root, rule.replacement(site, config, decision), inp, token)
+                token = _replace(inliner, root, rule.replacement(site, config, decision), inp, token)
             return SiteReport(site, rule.name, decision), token
     return SiteReport(site, None, keep("no rule matches (the all_reduce is not consumed by exactly one wait)")), token
 
 
-def _replace(graph: torch.fx.Graph, root: torch.fx.Node, lowered, inp: torch.fx.Node,
+def _replace(inliner: Inliner, root: torch.fx.Node, lowered, inp: torch.fx.Node,
              token: torch.fx.Node | None) -> torch.fx.Node | None:
     """The lowered pipeline in place of `root` (the wait of the all-reduce); returns the token after it."""
-    if token is None:
-        out, token = inline(graph, root, lambda x: lowered(x, None), [inp])
-    else:
-        out, token = inline(graph, root, lowered, [inp, token])
+    out, token = inliner(root, lowered, inp, token)
     all_reduce = root.args[0]
     root.replace_all_uses_with(out)
-    graph.erase_node(root)
-    graph.erase_node(all_reduce)
+    inliner.graph.erase_node(root)
+    inliner.graph.erase_node(all_reduce)
     return token
 
 

@@ -124,3 +124,35 @@ def test_a_graph_the_cache_serves_is_recorded_as_such():
         second = _compile(fn, torch.randn(8, 128), mode="always")
     assert [(r.from_cache, len(r.rewritten())) for r in first.records] == [(False, 1)]
     assert [(r.from_cache, r.sites) for r in second.records] == [(True, [])]
+
+
+def test_alike_sites_share_one_trace_and_each_copy_has_its_own_values(monkeypatch):
+    """Three all-reduces of one shape and one of another: two traces, four pipelines, and no fake value shared
+    between two nodes (Inductor's reinplacing groups nodes by their values' storage)."""
+    from flashcomm_compile import lowering
+    from flashcomm_compile.passes import engine
+
+    traces, values = [], []
+    trace, apply_rules = lowering._trace, engine.apply_rules
+    monkeypatch.setattr(lowering, "_trace", lambda fn, args: traces.append(1) or trace(fn, args))
+
+    def apply_and_note_values(graph, *args):
+        reports = apply_rules(graph, *args)
+        values.extend(id(n.meta["val"]) for n in graph.nodes if isinstance(n.meta.get("val"), torch.Tensor))
+        return reports
+
+    monkeypatch.setattr(engine, "apply_rules", apply_and_note_values)
+
+    def f(x, y):
+        a = funcol.all_reduce(x, "sum", dist.group.WORLD)
+        b = funcol.all_reduce(a * 2, "sum", dist.group.WORLD)
+        c = funcol.all_reduce(b + 1, "sum", dist.group.WORLD)
+        return c, funcol.all_reduce(y, "sum", dist.group.WORLD)
+
+    for dynamic in (False, True):
+        traces.clear(), values.clear(), torch._dynamo.reset()
+        backend = flashcomm_compile.backend(mode="always")
+        torch.compile(f, backend=backend, dynamic=dynamic)(torch.randn(8, 128), torch.randn(4, 256))
+        assert len(traces) == 2 and len(backend.records[0].rewritten()) == 4, dynamic
+        assert backend.records[0].op_counts["flashcomm.reference_quantize.default"] == 4
+        assert len(values) >= 4 * 8 and len(values) == len(set(values))  # 8 tensors a pipeline at least
