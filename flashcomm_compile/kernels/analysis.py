@@ -10,39 +10,44 @@ symbolic one as 2), so launches alike in those get the same answer. Other kernel
 from __future__ import annotations
 
 import contextlib
+import copy
 from typing import Any
 
 import sympy
 import torch
 
 _OURS = "flashcomm_compile.kernels.triton_kernels"
+# the analysis, (kernel, kwargs, tma_descriptor_metadata) -> its answer, as torch 2.13 and 2.11 name it
+ANALYSES = ("identify_accessed_tensors", "identify_mutated_tensors")
 
 
 @contextlib.contextmanager
 def analysed_once():
-    """Within this context, Inductor analyses each kind of launch of a flashcomm kernel once (a torch without the
-    analysis function is left as it is)."""
+    """Within this context, Inductor analyses each kind of launch of a flashcomm kernel once."""
     from torch._higher_order_ops import triton_kernel_wrap
 
-    original = getattr(triton_kernel_wrap, "identify_accessed_tensors", None)
-    if original is None:
-        yield
-        return
-    answers: dict[tuple, Any] = {}
-
-    def identify_accessed_tensors(kernel, kwargs, tma_descriptor_metadata):
-        key = launch_kind(kernel, kwargs, tma_descriptor_metadata)
-        if key is None:
-            return original(kernel, kwargs, tma_descriptor_metadata)
-        if key not in answers:
-            answers[key] = original(kernel, kwargs, tma_descriptor_metadata)
-        return answers[key]
-
-    triton_kernel_wrap.identify_accessed_tensors = identify_accessed_tensors
+    originals = {name: getattr(triton_kernel_wrap, name) for name in ANALYSES if hasattr(triton_kernel_wrap, name)}
+    for name, original in originals.items():
+        setattr(triton_kernel_wrap, name, _memoized(original))
     try:
         yield
     finally:
-        triton_kernel_wrap.identify_accessed_tensors = original
+        for name, original in originals.items():
+            setattr(triton_kernel_wrap, name, original)
+
+
+def _memoized(analysis):
+    answers: dict[tuple, Any] = {}
+
+    def analysed(kernel, kwargs, tma_descriptor_metadata):
+        key = launch_kind(kernel, kwargs, tma_descriptor_metadata)
+        if key is None:
+            return analysis(kernel, kwargs, tma_descriptor_metadata)
+        if key not in answers:
+            answers[key] = analysis(kernel, kwargs, tma_descriptor_metadata)
+        return copy.copy(answers[key])  # torch 2.11's answer is a list, its callers' to keep
+
+    return analysed
 
 
 def launch_kind(kernel, kwargs: dict[str, Any], tma_descriptor_metadata) -> tuple | None:
