@@ -1,21 +1,24 @@
 """`flashcomm-compile inspect MODULE:FACTORY`: the inspection report from the command line.
+`flashcomm-compile accuracy MODULE:FACTORY`: the candidate configs' error on the model's outputs, on real ranks.
 
-Exit codes: 0 on success; 2 for a bad MODULE:FACTORY, a factory that raises or returns something else than
-(model, example_inputs), a model that does not trace, an output that cannot be written or a bad option, with a
-one-line message (the traceback too with --verbose). The current directory is on the import path, as with
-`python -m`.
+Exit codes: 0 on success; 2 for a bad MODULE:FACTORY, a factory that raises (on any rank) or returns something else
+than (model, example_inputs), a model that does not trace, an output that cannot be written or a bad option, and for
+accuracy a model without an all-reduce to rewrite, exact outputs that differ across ranks or a --max-error no config
+meets (the table is printed first), with a one-line message (the traceback too with --verbose). The current
+directory is on the import path, as with `python -m`.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 import traceback
 
 from .config import REWRITE_MODES, ROTATIONS, SUPPORTED_BITS, SUPPORTED_GROUP_SIZES, TRANSPORTS, FlashCommConfig
 from .cost_model import known_hardware
+from .evaluation import DEFAULT_MAX_ERROR, FRONTIER
+from .factories import FactoryError, first_line, load_factory, model_and_inputs
 from .kernels.layout import MAX_WORLD_SIZE
 
 
@@ -60,21 +63,33 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the report here instead of standard output")
     p.add_argument("--full", action="store_true", help="the whole graph in the diff, not only changed regions")
     p.add_argument("--verbose", action="store_true", help="print tracebacks")
+    _accuracy_parser(commands)
     return parser
 
 
-def _load_factory(target: str):
-    module_name, _, attr = target.partition(":")
-    if not module_name or not attr:
-        raise UsageError(f"expected MODULE:FACTORY, got {target!r}")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as e:  # noqa: BLE001 - any import failure is the user's to fix
-        raise UsageError(f"cannot import module {module_name!r}: {type(e).__name__}: {e}") from e
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise UsageError(f"{module_name!r} has no callable {attr!r}")
-    return factory
+def _accuracy_parser(commands) -> None:
+    p = commands.add_parser(
+        "accuracy", help="measure what each candidate config does to a model's outputs, on real ranks",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="The factory runs on --world-size real ranks (gloo on the CPU, NCCL where each rank has a GPU): "
+                    "build the TP model with dist.get_rank(), dist.get_world_size() and dist.group.WORLD. The exact "
+                    "run and every config's run compare the model's replicated outputs.")
+    p.add_argument("target", metavar="MODULE:FACTORY", help="FACTORY() returns (model, example_inputs)")
+    p.add_argument("--world-size", type=int, default=2, help=f"ranks, 2..{MAX_WORLD_SIZE}")
+    p.add_argument("--configs", default=",".join(f"INT{r}/INT{g}" for r, g in FRONTIER),
+                   help="splits to measure, e.g. INT6/INT6,INT2+spike/INT4")
+    p.add_argument("--rotations", default=",".join(ROTATIONS), help=f"each split with each of {list(ROTATIONS)}")
+    p.add_argument("--group-size", type=int, choices=SUPPORTED_GROUP_SIZES, default=128,
+                   help="values per scale and zero")
+    p.add_argument("--max-error", type=float, default=DEFAULT_MAX_ERROR,
+                   help="relative RMS error of the outputs the recommended config may make")
+    p.add_argument("--vocab-size", type=int, help="an output whose last axis has this length holds logits (top-1 "
+                   "agreement); default: the model's vocab_size or config.vocab_size")
+    p.add_argument("--dynamic", action="store_true", help="compile with dynamic shapes")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument("--out", help="write the results here instead of standard output")
+    p.add_argument("--quiet", action="store_true", help="no progress line per config")
+    p.add_argument("--verbose", action="store_true", help="print tracebacks")
 
 
 def _check_output(path: str | None) -> None:
@@ -86,14 +101,6 @@ def _check_output(path: str | None) -> None:
         raise UsageError(f"--out {path}: folder {folder} does not exist")
     if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
         raise UsageError(f"--out {path}: not writable")
-
-
-def _model_and_inputs(made, target: str) -> tuple:
-    if not (isinstance(made, (tuple, list)) and len(made) == 2 and callable(made[0])
-            and isinstance(made[1], (tuple, list))):
-        raise UsageError(f"factory {target} returned {type(made).__name__} {str(made)[:80]!r}; expected "
-                         "(model, example_inputs): a callable and a tuple of its inputs")
-    return made
 
 
 def _inspect(args: argparse.Namespace) -> str:
@@ -110,19 +117,19 @@ def _inspect(args: argparse.Namespace) -> str:
         FlashCommConfig(**options)
     except ValueError as e:
         raise UsageError(str(e)) from e
-    factory = _load_factory(args.target)
+    factory = load_factory(args.target)
     with fake_process_group(args.world_size):
         try:
             made = factory()
         except Exception as e:  # noqa: BLE001
             raise UsageError(f"factory {args.target} raised {type(e).__name__}: {e}") from e
-        model, example_inputs = _model_and_inputs(made, args.target)
+        model, example_inputs = model_and_inputs(made, args.target)
         try:
             report = inspect(model, *example_inputs, world_size=args.world_size, hardware=args.hardware,
                              dynamic=True if args.dynamic else None, **options)
         except Exception as e:  # noqa: BLE001
             raise UsageError(f"the model did not trace at world size {args.world_size} ({type(e).__name__}: "
-                             f"{_first_line(e)}); shapes must divide by the world size; --verbose shows where")
+                             f"{first_line(e)}); shapes must divide by the world size; --verbose shows where")
     if args.format == "json":
         return report.to_json()
     if args.format == "html":
@@ -130,9 +137,52 @@ def _inspect(args: argparse.Namespace) -> str:
     return report.to_text(full=args.full, color=args.out is None and sys.stdout.isatty())
 
 
-def _first_line(e: Exception) -> str:
-    lines = [line for line in str(e).splitlines() if line.strip()]
-    return lines[0][:300] if lines else ""
+def _accuracy(args: argparse.Namespace) -> str:
+    from .evaluation import EvaluationError, evaluate
+
+    if not 2 <= args.world_size <= MAX_WORLD_SIZE:
+        raise UsageError(f"--world-size must be in [2, {MAX_WORLD_SIZE}], got {args.world_size}")
+    if not args.max_error > 0:
+        raise UsageError(f"--max-error must be positive, got {args.max_error}")
+    _check_output(args.out)
+    load_factory(args.target)  # a bad MODULE:FACTORY is reported before any rank starts
+    configs = _configs(args)
+    try:
+        evaluation = evaluate(args.target, args.world_size, configs, args.max_error, True if args.dynamic else None,
+                              args.vocab_size, progress=not args.quiet)
+    except EvaluationError as e:
+        if getattr(e, "evaluation", None) is not None:  # measured, but nothing fits: show what was measured
+            _write(args, _render(e.evaluation, args.format))
+        raise UsageError(str(e)) from e
+    except RuntimeError as e:  # a rank failed after the factory: its traceback's last line says why
+        raise UsageError(f"the run failed: {str(e).strip().splitlines()[-1]}") from e
+    return _render(evaluation, args.format)
+
+
+def _configs(args: argparse.Namespace) -> list:
+    from .evaluation import parse_split
+
+    rotations = args.rotations.split(",")
+    for rotation in rotations:
+        if rotation not in ROTATIONS:
+            raise UsageError(f"--rotations: {rotation!r} is not one of {list(ROTATIONS)}")
+    try:
+        return [FlashCommConfig(**parse_split(name), group_size=args.group_size, rotation=rotation, mode="always")
+                for name in args.configs.split(",") for rotation in rotations]
+    except ValueError as e:
+        raise UsageError(f"--configs: {e}") from e
+
+
+def _render(evaluation, format: str) -> str:
+    return evaluation.to_json() if format == "json" else evaluation.to_text()
+
+
+def _write(args: argparse.Namespace, text: str) -> None:
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+    else:
+        print(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,17 +190,13 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, os.getcwd())  # MODULE as `python -m` would find it
     args = _parser().parse_args(argv)
     try:
-        text = _inspect(args)
-    except UsageError as e:
+        text = _inspect(args) if args.command == "inspect" else _accuracy(args)
+    except (UsageError, FactoryError) as e:
         if args.verbose:
             traceback.print_exc()
         print(f"flashcomm-compile: error: {e}", file=sys.stderr)
         return 2
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
-    else:
-        print(text)
+    _write(args, text)
     return 0
 
 

@@ -66,7 +66,8 @@ class SiteRow:
     cost_line: str | None = None
 
 
-def _module_path(node: torch.fx.Node) -> str:
+def module_path(node: torch.fx.Node) -> str:
+    """The module whose forward made the node: "layers.0.attention.wo"."""
     stack = node.meta.get("nn_module_stack") or {}
     path = list(stack.values())[-1][0] if stack else ""
     return path.removeprefix("L['self'].").removeprefix("L['self']")
@@ -94,7 +95,7 @@ def _size(value) -> int | str:
 
 def _row(graph: int, report: SiteReport, config: FlashCommConfig) -> SiteRow:
     site = report.site
-    row = SiteRow(graph=graph, node=site.node.name, module=_module_path(site.node), source=_user_source(site.node),
+    row = SiteRow(graph=graph, node=site.node.name, module=module_path(site.node), source=_user_source(site.node),
                   shape=[str(s) for s in site.shape], dtype=str(site.dtype).removeprefix("torch."),
                   bytes=_size(site.nbytes), group=site.group_name,
                   decision="rewritten" if report.rewritten else "kept", reason=report.reason,

@@ -1,10 +1,11 @@
 """How a rewritten all-reduce becomes nodes of Inductor's post-grad graph.
 
 The transport's pipeline (`pipeline.py`) is traced on the site's fake values (functionalized, with Inductor's
-decompositions) and inlined in place of the all-reduce. Its Triton kernels become `triton_kernel_wrapper_functional`
-nodes, which Inductor turns into user-defined Triton kernels that its generated code launches itself; on CPUs the
-torch reference's stages are three custom ops (`kernels/reference_ops.py`); the collectives are Inductor's own. Everything the
-compile knows (config, layout, launch grid, workspace address) is baked in: nothing is built per call.
+decompositions), once per distinct pipeline and values in a graph, and copied in place of each all-reduce. Its Triton
+kernels become `triton_kernel_wrapper_functional` nodes, which Inductor turns into user-defined Triton kernels that
+its generated code launches itself; on CPUs the torch reference's stages are three custom ops
+(`kernels/reference_ops.py`); the collectives are Inductor's own. Everything the compile knows (config, layout,
+launch grid, workspace address) is baked in: nothing is built per call.
 """
 
 from __future__ import annotations
