@@ -32,11 +32,10 @@ import torch.distributed._functional_collectives as funcol
 
 from benchmarks.common import SYMM_MEM_LINKS, compile_every_variant, environment, print_table, use_link, write_json
 from benchmarks.kernel_bandwidth import each_launch, fastest
-from flashcomm_compile import symmetric
 from flashcomm_compile.config import FlashCommConfig
 from flashcomm_compile.kernels.launches import LAUNCH
 from flashcomm_compile.launch import run_ranks
-from flashcomm_compile.pipeline import NcclPipeline
+from flashcomm_compile.pipeline import NcclPipeline, SymmetricPipeline
 from flashcomm_compile.timing import back_to_back_us, graph_median_ms, median_ms
 
 HIDDENS = (4096, 8192)
@@ -138,7 +137,8 @@ def _stages(x: torch.Tensor, group_name: str, world: int, link: str) -> dict:
         "dequantize": lambda: nccl.dequantize(gathered, x),
     }
     if link in SYMM_MEM_LINKS:
-        symm = symmetric.pipeline(group_name, x.device, x.numel(), world, BREAKDOWN_CONFIG.with_transport("symm_mem"))
+        symm = SymmetricPipeline.over(group_name, x.device, x.numel(), world,
+                                      BREAKDOWN_CONFIG.with_transport("symm_mem"))
         token = torch.empty(1, dtype=torch.int32, device=x.device)
         stages.update({
             "symm quantize (+ barrier)": lambda: symm.quantize(x, token, token),

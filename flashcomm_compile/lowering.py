@@ -21,10 +21,9 @@ from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table, triton
 from torch._dispatch.python import enable_python_dispatcher
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from . import symmetric
 from .config import FlashCommConfig
 from .passes.site import Site
-from .pipeline import NcclPipeline
+from .pipeline import NcclPipeline, SymmetricPipeline
 
 # A symbolic size on symmetric memory gets a workspace for at least this many bytes of input (or its current size,
 # if larger); the compiled code is guarded on fitting it, a larger size compiles again with a larger workspace.
@@ -50,7 +49,7 @@ def lowered_pipeline(site: Site, config: FlashCommConfig, transport: str) -> Low
     transport, which sends the same bytes."""
     config = config.with_transport(transport)
     if transport == "symm_mem" and site.value.device.type == "cuda":
-        return symmetric.pipeline(site.group_name, site.value.device, _capacity(site), site.world_size, config)
+        return SymmetricPipeline.over(site.group_name, site.value.device, _capacity(site), site.world_size, config)
     return Untokened(NcclPipeline(config, site.group_name, site.world_size))
 
 

@@ -19,6 +19,7 @@ import torch
 from .config import FlashCommConfig
 from .kernels import reference_ops
 from .kernels.layout import PayloadLayout, validate_dtype
+from .symmetric import SymmetricLayout, workspace
 
 _c10d = torch.ops._c10d_functional
 
@@ -98,9 +99,15 @@ class SymmetricPipeline:
     table_address: int  # the workspace's address table (symmetric.Workspace)
     rank: int
 
-    def layout(self, numel):
-        from .symmetric import SymmetricLayout
+    @classmethod
+    def over(cls, group_name: str, device: torch.device, numel: int, world_size: int,
+             config: FlashCommConfig) -> "SymmetricPipeline":
+        """The pipeline for all-reduces of up to `numel` elements over the group, its workspace allocated now (a
+        collective) if needed."""
+        ws = workspace(group_name, device, SymmetricLayout.of(numel, world_size, config).total_bytes)
+        return cls(config, world_size, ws.table.data_ptr(), ws.handle.rank)
 
+    def layout(self, numel) -> SymmetricLayout:
         return SymmetricLayout.of(numel, self.world_size, self.config)
 
     def quantize(self, x: torch.Tensor, after: torch.Tensor, token: torch.Tensor) -> None:

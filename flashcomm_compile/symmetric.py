@@ -23,7 +23,6 @@ from . import cost_model
 from .config import FlashCommConfig
 from .kernels.address_table import address_table
 from .kernels.layout import PayloadLayout
-from .pipeline import SymmetricPipeline
 
 MAX_WORLD_SIZE = 32  # the barrier unrolls a loop per peer; a node has far fewer GPUs
 ALIGN = 16  # bytes: every chunk starts 16-byte aligned, so the kernels' loads stay vectorised
@@ -151,10 +150,3 @@ def peer_access_problem(world_size: int) -> str | None:
                 return f"GPU {a} cannot access GPU {b}'s memory"
     return None
 
-
-def pipeline(group_name: str, device: torch.device, numel: int, world_size: int,
-             config: FlashCommConfig) -> SymmetricPipeline:
-    """The symmetric-memory pipeline for all-reduces of up to `numel` elements over the group, its workspace
-    allocated now (a collective) if needed."""
-    ws = workspace(group_name, device, SymmetricLayout.of(numel, world_size, config).total_bytes)
-    return SymmetricPipeline(config, world_size, ws.table.data_ptr(), ws.handle.rank)
