@@ -42,15 +42,24 @@ def expected_range(group_size: int) -> float:
     return 2 * total * width
 
 
+def step_error(bits: int, group_size: int) -> float:
+    """Relative RMS error of one quantization step of Gaussian-like values (a reduce-scatter or an all-gather)."""
+    return expected_range(group_size) / math.sqrt(12) / ((1 << bits) - 1)
+
+
+def step_wire_bits(bits: int, group_size: int) -> float:
+    """Bits on the wire per value of one step: its code, and its group's float32 scale and zero."""
+    return bits + 64 / group_size
+
+
 def predicted_error(reduce_bits: int, gather_bits: int, group_size: int) -> float:
     """Relative RMS error of one all-reduce of Gaussian-like activations (see the module docstring)."""
-    k = expected_range(group_size) / math.sqrt(12)
-    return k * math.hypot(1 / ((1 << reduce_bits) - 1), 1 / ((1 << gather_bits) - 1))
+    return math.hypot(step_error(reduce_bits, group_size), step_error(gather_bits, group_size))
 
 
 def wire_bits(reduce_bits: int, gather_bits: int, group_size: int) -> float:
     """Bits on the wire per value of the all-reduce, both steps (their codes, scales and zeros)."""
-    return reduce_bits + gather_bits + 2 * 64 / group_size
+    return step_wire_bits(reduce_bits, group_size) + step_wire_bits(gather_bits, group_size)
 
 
 def split_for_budget(max_error: float, group_size: int) -> tuple[int, int]:

@@ -1,10 +1,12 @@
 """What flashcomm would do to a model, seen without GPUs or peers: trace it on a fake process group, run the pass,
-and report the post-grad graph before and after plus one row per all-reduce with the decision and its reason.
+and report the post-grad graph before and after plus one row per collective (all-reduce, and sequence parallelism's
+reduce-scatter and all-gather) with the decision and its reason.
 
 JSON schema (version 1), see `Report.to_json`:
     {"version": 1, "world_size": int, "config": {FlashCommConfig fields}, "hardware": str | null,
-     "sites": [{"graph": int, "node": str, "module": str, "source": str, "shape": [str], "dtype": str,
-                "bytes": int | str, "group": str, "decision": "rewritten" | "kept", "reason": str,
+     "sites": [{"graph": int, "kind": "all-reduce" | "reduce-scatter" | "all-gather", "node": str, "module": str,
+                "source": str, "shape": [str], "dtype": str, "bytes": int | str, "group": str,
+                "decision": "rewritten" | "kept", "reason": str,
                 "transport": "nccl" | "symm_mem" | null, "transport_reason": str,
                 "reduce_payload_bytes": int | str | null, "gather_payload_bytes": int | str | null,
                 "compression": float | null, "padding": str | null,
@@ -26,6 +28,7 @@ import contextlib
 import difflib
 import html
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -36,7 +39,7 @@ import torch.distributed as dist
 from . import cost_model
 from .config import FlashCommConfig
 from .dynamo_backend import FlashCommBackend
-from .error_model import predicted_error, wire_bits
+from .error_model import step_error, step_wire_bits
 from .kernels.layout import PayloadLayout
 from .passes import guards
 from .passes.engine import GraphRecord, SiteReport
@@ -45,6 +48,7 @@ from .passes.engine import GraphRecord, SiteReport
 @dataclass
 class SiteRow:
     graph: int
+    kind: str  # "all-reduce", "reduce-scatter" or "all-gather"
     node: str
     module: str
     source: str
@@ -95,23 +99,13 @@ def _size(value) -> int | str:
 
 def _row(graph: int, report: SiteReport, config: FlashCommConfig) -> SiteRow:
     site = report.site
-    row = SiteRow(graph=graph, node=site.node.name, module=module_path(site.node), source=_user_source(site.node),
-                  shape=[str(s) for s in site.shape], dtype=str(site.dtype).removeprefix("torch."),
+    row = SiteRow(graph=graph, kind=site.kind, node=site.node.name, module=module_path(site.node),
+                  source=_user_source(site.node), shape=[str(s) for s in site.shape], dtype=str(site.dtype).removeprefix("torch."),
                   bytes=_size(site.nbytes), group=site.group_name,
                   decision="rewritten" if report.rewritten else "kept", reason=report.reason,
                   transport=report.decision.transport, transport_reason=report.decision.transport_reason)
     if guards.eligibility(site) is None:
-        layout = PayloadLayout.of(site.numel, site.world_size, config)
-        reduce_bytes = layout.chunk_bytes * site.world_size
-        gather_bytes = layout.with_bits(config.gather_bits).chunk_bytes * site.world_size
-        row.reduce_payload_bytes, row.gather_payload_bytes = _size(reduce_bytes), _size(gather_bytes)
-        tail = layout.padded_numel - site.numel
-        row.padding = "none" if site.proves(tail == 0) else f"{tail} zeros, masked in the kernels"
-        if site.is_static:
-            # a ring all-reduce moves the tensor twice; the two-step pipeline moves each payload once
-            row.compression = round(2 * site.nbytes / (reduce_bytes + gather_bytes), 3)
-        row.predicted_error = round(predicted_error(config.reduce_bits, config.gather_bits, config.group_size), 5)
-        row.wire_bits_per_value = wire_bits(config.reduce_bits, config.gather_bits, config.group_size)
+        _payloads(row, site, config)
     prediction = report.decision.prediction
     if prediction is not None and site.is_static:
         row.predicted_us = dict(nccl=round(prediction.nccl.predict_us(site.nbytes), 1),
@@ -119,6 +113,38 @@ def _row(graph: int, report: SiteReport, config: FlashCommConfig) -> SiteRow:
                                 host=prediction.host_us)
         row.cost_line = prediction.predicted or "measured"
     return row
+
+
+def _payloads(row: SiteRow, site, config: FlashCommConfig) -> None:
+    """The bytes each step sends, against what the plain collective moves, and the predicted error. An all-reduce
+    is both steps; a reduce-scatter the first (reduce_bits), an all-gather the second (gather_bits), each rank's
+    chunk padded to whole groups on its own."""
+    world, bits = site.world_size, (config.reduce_bits, config.gather_bits)
+    if site.kind == "all-reduce":
+        layout = PayloadLayout.of(site.numel, world, config)
+        steps = [layout.chunk_bytes * world, layout.with_bits(config.gather_bits).chunk_bytes * world]
+        tail = layout.padded_numel - site.numel
+    else:
+        numel = site.numel if site.kind == "all-gather" else site.numel // world  # one rank's chunk
+        step = 0 if site.kind == "reduce-scatter" else 1
+        layout = PayloadLayout(numel, 1, bits[step], config.group_size, config.spike_reserve,
+                               config.rotation == "hadamard")
+        steps = [None, None]
+        steps[step] = layout.chunk_bytes * world
+        bits = (bits[step],)
+        tail = (layout.chunk_numel - numel) * world
+    row.reduce_payload_bytes, row.gather_payload_bytes = (None if b is None else _size(b) for b in steps)
+    row.padding = "none" if site.proves(tail == 0) else f"{tail} zeros, masked in the kernels"
+    if site.is_static:
+        row.compression = round(plain_wire_bytes(site.kind, site.nbytes, world) / sum(b for b in steps if b), 3)
+    row.predicted_error = round(math.hypot(*(step_error(b, config.group_size) for b in bits)), 5)
+    row.wire_bits_per_value = sum(step_wire_bits(b, config.group_size) for b in bits)
+
+
+def plain_wire_bytes(kind: str, nbytes: int, world: int) -> int:
+    """What the plain collective moves, as the payloads are counted: a ring all-reduce moves the tensor twice, a
+    reduce-scatter its input once, an all-gather its output (world times the input) once."""
+    return {"all-reduce": 2 * nbytes, "reduce-scatter": nbytes, "all-gather": world * nbytes}[kind]
 
 
 @dataclass
@@ -135,8 +161,8 @@ class Report:
 
         def wire(r: SiteRow, flash: bool) -> int:
             if flash and r.decision == "rewritten":
-                return int(r.reduce_payload_bytes) + int(r.gather_payload_bytes)
-            return 2 * int(r.bytes)
+                return sum(int(b) for b in (r.reduce_payload_bytes, r.gather_payload_bytes) if b is not None)
+            return plain_wire_bytes(r.kind, int(r.bytes), self.world_size)
 
         predicted = [r for r in self.sites if r.predicted_us]
         return dict(
@@ -174,7 +200,7 @@ class Report:
     def to_text(self, full: bool = False, color: bool = False) -> str:
         header = (f"flashcomm inspect: world size {self.world_size}, {self.config.describe()}, "
                   f"cost model: {self.cost_model_note()}")
-        columns = ["graph", "node", "module", "shape", "dtype", "bytes", "decision", "reason", "transport",
+        columns = ["graph", "kind", "node", "module", "shape", "dtype", "bytes", "decision", "reason", "transport",
                    "reduce_payload_bytes", "gather_payload_bytes", "compression", "predicted_error", "predicted_us",
                    "cost_line"]
         table = _table([[_cell(getattr(r, c)) for c in columns] for r in self.sites], columns)
@@ -201,7 +227,7 @@ td,th{{border:1px solid #ccc;padding:2px 6px;vertical-align:top}} .diff_add{{bac
 </style></head><body><h1>flashcomm inspect</h1>
 <p>world size {self.world_size}, {html.escape(self.config.describe())}, cost model:
 {html.escape(self.cost_model_note())}</p>
-<h2>all-reduce sites</h2><table id="sites"><tr>{"".join(f"<th>{c}</th>" for c in columns)}</tr>{rows}</table>
+<h2>collective sites</h2><table id="sites"><tr>{"".join(f"<th>{c}</th>" for c in columns)}</tr>{rows}</table>
 <h2>totals</h2><ul id="totals">{totals}</ul>{diffs}</body></html>"""
 
 

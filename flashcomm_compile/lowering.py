@@ -23,7 +23,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from .config import FlashCommConfig
 from .passes.site import Site
-from .pipeline import NcclPipeline, SymmetricPipeline
+from .pipeline import NcclAllGather, NcclPipeline, NcclReduceScatter, SymmetricPipeline
 
 # A symbolic size on symmetric memory gets a workspace for at least this many bytes of input (or its current size,
 # if larger); the compiled code is guarded on fitting it, a larger size compiles again with a larger workspace.
@@ -38,7 +38,7 @@ Lowered = Callable[[torch.Tensor, "torch.Tensor | None"], "tuple[torch.Tensor, t
 class Untokened:
     """A pipeline that needs no ordering token (NCCL orders its own collectives) in the `Lowered` convention."""
 
-    pipeline: NcclPipeline
+    pipeline: NcclPipeline | NcclReduceScatter | NcclAllGather
 
     def __call__(self, x: torch.Tensor, after: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         return self.pipeline(x), after
@@ -51,6 +51,12 @@ def lowered_pipeline(site: Site, config: FlashCommConfig, transport: str) -> Low
     if transport == "symm_mem" and site.value.device.type == "cuda":
         return SymmetricPipeline.over(site.group_name, site.value.device, _capacity(site), site.world_size, config)
     return Untokened(NcclPipeline(config, site.group_name, site.world_size))
+
+
+def lowered_half(site: Site, config: FlashCommConfig) -> Lowered:
+    """The quantized reduce-scatter or all-gather that replaces the site (NCCL's collectives between the kernels)."""
+    half = NcclReduceScatter if site.kind == "reduce-scatter" else NcclAllGather
+    return Untokened(half(config.with_transport("nccl"), site.group_name, site.world_size))
 
 
 def _capacity(site: Site) -> int:

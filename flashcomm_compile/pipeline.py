@@ -1,4 +1,5 @@
-"""The stages of one quantized all-reduce, described once per transport.
+"""The stages of one quantized all-reduce, described once per transport, and its two halves alone, the
+reduce-scatter and the all-gather of sequence parallelism.
 
 The pass traces these into the post-grad graph (Inductor then launches the Triton kernels itself; on CPUs it calls
 the torch reference's custom ops), the eager API calls them, and the benchmarks time them stage by stage. Each
@@ -12,9 +13,11 @@ suffice.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from .config import FlashCommConfig
 from .kernels import reference_ops
@@ -86,6 +89,56 @@ class NcclPipeline:
         gathered = [self.all_gather(self.reduce(r, p.numel())) for r, p in zip(received, pieces)]
         outputs = [self.dequantize(g, p) for g, p in zip(gathered, pieces)]
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs).view(x.shape)
+
+
+@dataclass(frozen=True)
+class NcclReduceScatter:
+    """The first half alone, for sequence parallelism's reduce-scatter (sum, along dim 0): quantize -> all-to-all ->
+    dequantize each rank's copy of this rank's chunk and sum them in float32, into the input dtype. Each chunk is
+    padded to whole groups on its own, so chunk r of the payload is exactly the rows rank r gets."""
+
+    config: FlashCommConfig
+    group_name: str
+    world_size: int
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        validate_dtype(x.dtype)
+        world = self.world_size
+        rows = x.reshape(world, -1)
+        width = rows.shape[1]
+        layout = PayloadLayout.of(rows.numel(), world, self.config)  # chunk_numel: width padded to whole groups
+        # symbolic widths are padded by a symbolic amount (maybe 0) rather than guarded on
+        whole = statically_known_true(layout.chunk_numel == width)
+        padded = rows if whole else torch.nn.functional.pad(rows, (0, layout.chunk_numel - width))
+        layout = PayloadLayout.of(padded.numel(), world, self.config)
+        kernels = kernels_for(x.device)
+        splits = [1] * world
+        received = _c10d.all_to_all_single(kernels.quantize(padded, layout), splits, splits, self.group_name)
+        copies = kernels.dequantize(_c10d.wait_tensor(received), layout, torch.float32, (world, layout.chunk_numel))
+        return copies.sum(0)[:width].to(x.dtype).reshape(x.shape[0] // world, *x.shape[1:])
+
+
+@dataclass(frozen=True)
+class NcclAllGather:
+    """The second half alone, for sequence parallelism's all-gather (along dim 0): quantize (gather_bits) ->
+    all-gather -> dequantize. Every rank dequantizes the same gathered bytes, its own chunk from the bytes it sent, so
+    all ranks hold identical results."""
+
+    config: FlashCommConfig
+    group_name: str
+    world_size: int
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        validate_dtype(x.dtype)
+        config, world, numel = self.config, self.world_size, x.numel()
+        own = PayloadLayout(numel, 1, config.gather_bits, config.group_size, config.spike_reserve,
+                            config.rotation == "hadamard")  # one chunk: numel padded to whole groups
+        every = dataclasses.replace(own, numel=world * own.chunk_numel, world_size=world)
+        kernels = kernels_for(x.device)
+        gathered = _c10d.all_gather_into_tensor(kernels.quantize(x, own).reshape(-1), world, self.group_name)
+        gathered = _c10d.wait_tensor(gathered).reshape(world, -1)
+        values = kernels.dequantize(gathered, every, x.dtype, (world, own.chunk_numel))
+        return values[:, :numel].reshape(world * x.shape[0], *x.shape[1:])
 
 
 @dataclass(frozen=True)

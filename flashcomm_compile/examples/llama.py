@@ -3,7 +3,8 @@
 `shard_with_funcol` slices the weights by hand and all-reduces the row-parallel outputs in forward hooks, as
 gpt-fast does; the group may be a ProcessGroup, a DeviceMesh (with a dim) or a list of ranks. `shard_with_dtensor`
 uses DTensor's `parallelize_module` with ColwiseParallel / RowwiseParallel. Both leave one all-reduce after every
-attention output projection and every MLP down projection: 2 per layer.
+attention output projection and every MLP down projection: 2 per layer. `shard_with_dtensor(...,
+sequence_parallel=True)` leaves a reduce-scatter and an all-gather in place of each.
 """
 
 from __future__ import annotations
@@ -118,11 +119,21 @@ def shard_with_funcol(model: Llama, rank: int, world_size: int, group) -> Llama:
     return model
 
 
-def shard_with_dtensor(model: Llama, mesh) -> Llama:
-    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+def shard_with_dtensor(model: Llama, mesh, sequence_parallel: bool = False) -> Llama:
+    """DTensor's plans. With `sequence_parallel` (Megatron-style, as torchtitan plans a Llama) the norms run on each
+    rank's slice of the sequence (`SequenceParallel`), column-parallel inputs are all-gathered from those slices and
+    row-parallel outputs reduce-scattered back to them: a reduce-scatter and an all-gather in place of each
+    all-reduce. The model then takes and returns each rank's slice of the sequence (dim 1)."""
+    from torch.distributed.tensor import Shard
+    from torch.distributed.tensor.parallel import (ColwiseParallel, RowwiseParallel, SequenceParallel,
+                                                   parallelize_module)
 
+    sliced = dict(input_layouts=Shard(1)) if sequence_parallel else {}
     for layer in model.layers:
-        plan = {name: ColwiseParallel() for name in COLWISE}
-        plan.update({name: RowwiseParallel() for name in ROWWISE})
+        plan = {name: ColwiseParallel(**sliced) for name in COLWISE}
+        plan.update({name: RowwiseParallel(output_layouts=Shard(1)) if sequence_parallel else RowwiseParallel()
+                     for name in ROWWISE})
+        if sequence_parallel:
+            plan.update(attention_norm=SequenceParallel(), ffn_norm=SequenceParallel())
         parallelize_module(layer, mesh, plan)
     return model

@@ -113,3 +113,26 @@ def group_l2_error_bound(sent: list[torch.Tensor], gathered: torch.Tensor, layou
         return per_element.norm(dim=1) * (1 + finfo.eps) + cast
     e, inverse = _rotation_bounds(sent, gathered, layout, gather_bits)
     return math.sqrt(size) * (e.norm(dim=1) + inverse) * (1 + finfo.eps) + cast
+
+
+def reduce_scatter_error_bound(received: torch.Tensor, layout: PayloadLayout, dtype: torch.dtype,
+                               output: torch.Tensor) -> torch.Tensor:
+    """Bound on |output - exact sum| per element of one rank's chunk of a quantized reduce-scatter (flat, float64).
+
+    received: this chunk as every rank quantized it, uint8 [W, chunk_bytes]; layout: one chunk's (world size 1,
+    numel the chunk's); output: the chunk as the reduce-scatter returned it. Plain codes only."""
+    if layout.rotate:
+        raise ValueError("the per-element bound of rotated codes is the pipeline's (pipeline_error_bound)")
+    rows = [received[r : r + 1] for r in range(received.shape[0])]
+    step = sum(payload_error_bound(row, layout) for row in rows)
+    summation = len(rows) * EPS * sum(_values(row, layout).abs() for row in rows)
+    return (step + summation)[: layout.numel] * (1 + torch.finfo(dtype).eps) + _cast(output, dtype)
+
+
+def all_gather_error_bound(sent: torch.Tensor, layout: PayloadLayout, dtype: torch.dtype,
+                           output: torch.Tensor) -> torch.Tensor:
+    """Bound on |output - input| per element of one rank's chunk of a quantized all-gather (flat, float64): sent, the
+    chunk's payload uint8 [1, chunk_bytes]; layout: one chunk's; output: the chunk as every rank dequantized it."""
+    if layout.rotate:
+        raise ValueError("the per-element bound of rotated codes is the pipeline's (pipeline_error_bound)")
+    return payload_error_bound(sent, layout)[: layout.numel] * (1 + torch.finfo(dtype).eps) + _cast(output, dtype)

@@ -21,8 +21,8 @@ from ..config import FlashCommConfig
 from ..kernels.launches import LAUNCH
 from ..lowering import Inliner, op_name
 from .guards import Decision, keep
-from .rules import ALL_REDUCE, RULES, Rule
-from .site import Site, world_size_of
+from .rules import COLLECTIVES, RULES, Rule
+from .site import KINDS, Site
 
 
 @dataclass
@@ -60,38 +60,39 @@ class GraphRecord:
 
 
 def apply_rules(graph: torch.fx.Graph, config: FlashCommConfig, rules: tuple[Rule, ...] = RULES) -> list[SiteReport]:
-    """Each all-reduce, in graph order, rewritten by the first rule that matches and whose guard agrees. The token
-    of one rewritten site is handed to the next, so that sites sharing a symmetric workspace stay in order."""
+    """Each collective of the graph (all-reduce, reduce-scatter, all-gather), in graph order, rewritten by the first
+    rule for its kind that matches and whose guard agrees; those the rewrites insert are not visited. The token of
+    one rewritten site is handed to the next, so that sites sharing a symmetric workspace stay in order."""
     reports, token, inliner = [], None, Inliner(graph)
-    for all_reduce in [n for n in graph.nodes if n.target is ALL_REDUCE]:
-        report, token = _apply_first_matching(inliner, all_reduce, config, rules, token)
+    for node in [n for n in graph.nodes if n.target in COLLECTIVES]:
+        report, token = _apply_first_matching(inliner, node, config, rules, token)
         reports.append(report)
     return reports
 
 
-def _apply_first_matching(inliner: Inliner, all_reduce: torch.fx.Node, config: FlashCommConfig, rules,
+def _apply_first_matching(inliner: Inliner, node: torch.fx.Node, config: FlashCommConfig, rules,
                           token: torch.fx.Node | None) -> tuple[SiteReport, torch.fx.Node | None]:
-    inp, reduce_op, group_name = all_reduce.args[:3]
-    site = Site(all_reduce, inp, reduce_op, group_name, world_size_of(group_name))
-    for rule in rules:
-        for root in list(all_reduce.users):
+    site = Site.of(node, COLLECTIVES[node.target])
+    for rule in (r for r in rules if r.collective is node.target):
+        for root in list(node.users):
             if not is_match(rule.pattern.match(root)):
                 continue
             decision = rule.guard(site, config)
             if decision.rewrite:
-                token = _replace(inliner, root, rule.replacement(site, config, decision), inp, token)
+                token = _replace(inliner, root, rule.replacement(site, config, decision), site.input_node, token)
             return SiteReport(site, rule.name, decision), token
-    return SiteReport(site, None, keep("no rule matches (the all_reduce is not consumed by exactly one wait)")), token
+    unmatched = keep(f"no rule matches (the {site.kind} is not consumed by exactly one wait)")
+    return SiteReport(site, None, unmatched), token
 
 
 def _replace(inliner: Inliner, root: torch.fx.Node, lowered, inp: torch.fx.Node,
              token: torch.fx.Node | None) -> torch.fx.Node | None:
-    """The lowered pipeline in place of `root` (the wait of the all-reduce); returns the token after it."""
+    """The lowered pipeline in place of `root` (the wait of the collective); returns the token after it."""
     out, token = inliner(root, lowered, inp, token)
-    all_reduce = root.args[0]
+    collective = root.args[0]
     root.replace_all_uses_with(out)
     inliner.graph.erase_node(root)
-    inliner.graph.erase_node(all_reduce)
+    inliner.graph.erase_node(collective)
     return token
 
 
@@ -136,8 +137,10 @@ def _log(sites: list[SiteReport]) -> None:
     rewritten = [s for s in sites if s.rewritten]
     transports = Counter(s.decision.transport for s in rewritten)
     kept = Counter(s.reason for s in sites if not s.rewritten)
-    log.info("flashcomm: rewrote %d of %d all-reduces%s%s", len(rewritten), len(sites),
-             "".join(f", {n} over {t}" for t, n in sorted(transports.items())),
+    kinds = [kind for kind in KINDS if any(s.site.kind == kind for s in sites)] or ["all-reduce"]
+    counts = ", ".join(f"{sum(s.site.kind == k for s in rewritten)} of {sum(s.site.kind == k for s in sites)} {k}s"
+                       for k in kinds)
+    log.info("flashcomm: rewrote %s%s%s", counts, "".join(f", {n} over {t}" for t, n in sorted(transports.items())),
              "; kept: " + ", ".join(f"{reason} x{n}" for reason, n in kept.items()) if kept else "")
     for s in sites:
         log.debug("flashcomm: %s %s %s: %s: %s%s", s.site.node.name, list(s.site.shape),

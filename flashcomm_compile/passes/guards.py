@@ -34,7 +34,7 @@ def keep(reason: str, prediction=None) -> Decision:
 
 def eligibility(site: Site) -> Decision | None:
     """Why the rewrite cannot apply at all, or None when it can."""
-    if site.reduce_op != "sum":
+    if site.reduce_op not in ("sum", None):  # None: an all-gather, which reduces nothing
         return keep(f"reduce op {site.reduce_op}")
     if site.dtype not in SUPPORTED_DTYPES:
         return keep(f"dtype {str(site.dtype).removeprefix('torch.')}")
@@ -93,6 +93,20 @@ def quantized_all_reduce(site: Site, config: FlashCommConfig) -> Decision:
         return keep(f"predicted slower than NCCL at every size on {prediction.hardware}", prediction)
     return _by_threshold(site, math.ceil(prediction.threshold_bytes), "the cost model's threshold", prediction,
                          chosen, why)
+
+
+def quantized_half(site: Site, config: FlashCommConfig) -> Decision:
+    """Sequence parallelism's reduce-scatter or all-gather, as one half of the pipeline over NCCL's collectives. Only
+    mode "always" rewrites it: no two-GPU run has timed it against NCCL yet, and the default options must never make
+    a model slower."""
+    ineligible = eligibility(site)
+    if ineligible is not None:
+        return ineligible
+    if config.mode != "always":
+        return keep(f"mode {config.mode}" + ("" if config.mode == "never" else
+                    f": no {site.kind} has been timed against NCCL yet (mode always rewrites it)"))
+    why = f"the {site.kind} has no symm_mem kernels yet" if config.transport == "symm_mem" else f"{site.kind}"
+    return Decision(True, "mode always", "nccl", f"{why}: NCCL between the kernels")
 
 
 def _by_threshold(site: Site, threshold: int, name: str, prediction, chosen: str, why: str,

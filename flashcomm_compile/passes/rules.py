@@ -11,17 +11,22 @@ import torch
 from torch._inductor.pattern_matcher import CallFunction, KeywordArg, PatternExpr
 
 from ..config import FlashCommConfig
-from ..lowering import Lowered, lowered_pipeline
+from ..lowering import Lowered, lowered_half, lowered_pipeline
 from . import guards
 from .site import Site
 
-ALL_REDUCE = torch.ops._c10d_functional.all_reduce.default
-WAIT_TENSOR = torch.ops._c10d_functional.wait_tensor.default
+_c10d = torch.ops._c10d_functional
+ALL_REDUCE = _c10d.all_reduce.default
+REDUCE_SCATTER = _c10d.reduce_scatter_tensor.default
+ALL_GATHER = _c10d.all_gather_into_tensor.default
+WAIT_TENSOR = _c10d.wait_tensor.default
+COLLECTIVES = {ALL_REDUCE: "all-reduce", REDUCE_SCATTER: "reduce-scatter", ALL_GATHER: "all-gather"}
 
 
 @dataclass(frozen=True)
 class Rule:
     name: str
+    collective: torch._ops.OpOverload  # the collective it rewrites (a site of its kind)
     pattern: PatternExpr  # rooted at the node whose value the replacement takes over
     guard: Callable[[Site, FlashCommConfig], guards.Decision]
     replacement: Callable[[Site, FlashCommConfig, guards.Decision], Lowered]
@@ -32,14 +37,32 @@ def quantized_all_reduce(site: Site, config: FlashCommConfig, decision: guards.D
     return lowered_pipeline(site, config, decision.transport)
 
 
+def _waited(collective, *args: str) -> PatternExpr:
+    return CallFunction(WAIT_TENSOR, CallFunction(collective, *map(KeywordArg, args)))
+
+
 QUANTIZED_ALL_REDUCE = Rule(
     name="quantized_all_reduce",
-    pattern=CallFunction(
-        WAIT_TENSOR,
-        CallFunction(ALL_REDUCE, KeywordArg("inp"), KeywordArg("reduce_op"), KeywordArg("group_name")),
-    ),
+    collective=ALL_REDUCE,
+    pattern=_waited(ALL_REDUCE, "inp", "reduce_op", "group_name"),
     guard=guards.quantized_all_reduce,
     replacement=quantized_all_reduce,
 )
 
-RULES: tuple[Rule, ...] = (QUANTIZED_ALL_REDUCE,)
+QUANTIZED_REDUCE_SCATTER = Rule(
+    name="quantized_reduce_scatter",
+    collective=REDUCE_SCATTER,
+    pattern=_waited(REDUCE_SCATTER, "inp", "reduce_op", "group_size", "group_name"),
+    guard=guards.quantized_half,
+    replacement=lambda site, config, decision: lowered_half(site, config),
+)
+
+QUANTIZED_ALL_GATHER = Rule(
+    name="quantized_all_gather",
+    collective=ALL_GATHER,
+    pattern=_waited(ALL_GATHER, "inp", "group_size", "group_name"),
+    guard=guards.quantized_half,
+    replacement=lambda site, config, decision: lowered_half(site, config),
+)
+
+RULES: tuple[Rule, ...] = (QUANTIZED_ALL_REDUCE, QUANTIZED_REDUCE_SCATTER, QUANTIZED_ALL_GATHER)

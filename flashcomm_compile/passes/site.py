@@ -1,4 +1,5 @@
-"""What the pass knows about one all-reduce in a post-grad graph, read from the matched nodes."""
+"""What the pass knows about one collective in a post-grad graph (an all-reduce, or sequence parallelism's
+reduce-scatter or all-gather), read from its node."""
 
 from __future__ import annotations
 
@@ -9,15 +10,31 @@ import torch.distributed as dist
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 
+KINDS = ("all-reduce", "reduce-scatter", "all-gather")
+
+
 @dataclass(frozen=True)
 class Site:
-    """One `wait_tensor(all_reduce(inp, reduce_op, group_name))`; sizes may be SymInts under dynamic shapes."""
+    """One collective: `all_reduce(inp, reduce_op, group_name)`, `reduce_scatter_tensor(inp, reduce_op, group_size,
+    group_name)` or `all_gather_into_tensor(inp, group_size, group_name)`; sizes may be SymInts under dynamic
+    shapes. Sizes and bytes are the input's."""
 
-    node: torch.fx.Node  # the all_reduce node
+    node: torch.fx.Node  # the collective's node
     input_node: torch.fx.Node
-    reduce_op: str
+    reduce_op: str | None  # None for an all-gather
     group_name: str
     world_size: int | None  # None when the group is unknown to this process
+    kind: str = "all-reduce"  # of KINDS
+
+    @classmethod
+    def of(cls, node: torch.fx.Node, kind: str) -> "Site":
+        if kind == "all-reduce":
+            inp, reduce_op, group_name = node.args[:3]
+        elif kind == "reduce-scatter":
+            inp, reduce_op, _, group_name = node.args[:4]
+        else:
+            (inp, _, group_name), reduce_op = node.args[:3], None
+        return cls(node, inp, reduce_op, group_name, world_size_of(group_name), kind)
 
     @property
     def value(self) -> torch.Tensor:

@@ -74,7 +74,7 @@ def test_text_diff_shows_the_new_collectives(report):
 def test_json_schema(report):
     data = json.loads(report.to_json())
     assert data["version"] == 1 and data["world_size"] == 2 and data["config"]["min_bytes"] == 4096
-    site_keys = {"graph", "node", "module", "source", "shape", "dtype", "bytes", "group", "decision", "reason",
+    site_keys = {"graph", "kind", "node", "module", "source", "shape", "dtype", "bytes", "group", "decision", "reason",
                  "transport", "transport_reason", "reduce_payload_bytes", "gather_payload_bytes", "compression",
                  "padding", "predicted_error", "wire_bits_per_value", "predicted_us", "cost_line"}
     assert all(set(s) == site_keys for s in data["sites"])
@@ -150,6 +150,29 @@ def test_dynamic_shapes_show_the_symbolic_size():
     torch._dynamo.mark_dynamic(y, 0)
     odd = flashcomm_compile.inspect(f, y, world_size=2, mode="always")
     assert odd.sites[0].padding.endswith("masked in the kernels") and "s" in odd.sites[0].padding
+
+
+def test_sequence_parallel_sites_show_their_kind_and_one_step_each():
+    def f(x):
+        import torch.distributed as dist
+        import torch.distributed._functional_collectives as funcol
+
+        y = funcol.reduce_scatter_tensor(x, "sum", 0, dist.group.WORLD)
+        return funcol.all_gather_tensor(y * 2, 0, dist.group.WORLD)
+
+    report = flashcomm_compile.inspect(f, torch.randn(8, 200), world_size=2, mode="always")
+    scatter, gather = report.sites
+    assert (scatter.kind, scatter.decision, gather.kind, gather.decision) == (
+        "reduce-scatter", "rewritten", "all-gather", "rewritten")
+    # each rank's chunk of 800 values padded to 7 groups of 128: INT4 codes (64 B) + scale and zero (8 B) a group
+    assert (scatter.reduce_payload_bytes, scatter.gather_payload_bytes) == (2 * 7 * 72, None)
+    assert (gather.reduce_payload_bytes, gather.gather_payload_bytes) == (None, 2 * 7 * 136)  # INT8 codes
+    assert scatter.padding == gather.padding == "192 zeros, masked in the kernels"
+    assert scatter.compression == round(8 * 200 * 4 / (2 * 7 * 72), 3)  # the plain reduce-scatter sends its input
+    assert gather.compression == round(2 * 4 * 200 * 4 / (2 * 7 * 136), 3)  # the plain all-gather its output
+    assert scatter.wire_bits_per_value == 4.5 and gather.wire_bits_per_value == 8.5
+    assert report.totals()["wire_bytes_flashcomm"] == 2 * 7 * (72 + 136)
+    assert "reduce-scatter" in report.to_text() and json.loads(report.to_json())["sites"][1]["kind"] == "all-gather"
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

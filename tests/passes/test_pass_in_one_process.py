@@ -20,7 +20,7 @@ ALL_REDUCE = "_c10d_functional.all_reduce.default"
 # what replaces one all-reduce on a CPU: the collectives and the reference's stages as custom ops
 PIPELINE = {"_c10d_functional.all_to_all_single.default": 1, "_c10d_functional.all_gather_into_tensor.default": 1,
             "_c10d_functional.wait_tensor.default": 2,
-            **{f"flashcomm.reference_{stage}.default": 1 for stage in ("quantize", "dequant_sum_requant", "dequantize")}}
+            **{f"flashcomm.reference_{s}.default": 1 for s in ("quantize", "dequant_sum_requant", "dequantize")}}
 
 
 @pytest.fixture(autouse=True)
@@ -156,3 +156,26 @@ def test_alike_sites_share_one_trace_and_each_copy_has_its_own_values(monkeypatc
         assert len(traces) == 2 and len(backend.records[0].rewritten()) == 4, dynamic
         assert backend.records[0].op_counts["flashcomm.reference_quantize.default"] == 4
         assert len(values) >= 4 * 8 and len(values) == len(set(values))  # 8 tensors a pipeline at least
+
+
+def test_sequence_parallel_halves_are_rewritten_in_mode_always_only_and_logged_per_kind(caplog):
+    def f(x):
+        y = funcol.reduce_scatter_tensor(x, "sum", 0, dist.group.WORLD)
+        return funcol.all_gather_tensor(y * 2, 0, dist.group.WORLD)
+
+    x = torch.randn(8, 256)
+    with caplog.at_level(logging.INFO, logger="flashcomm_compile"):
+        backend = _compile(f, x, mode="always")
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("flashcomm_compile")]
+    assert "flashcomm: rewrote 1 of 1 reduce-scatters, 1 of 1 all-gathers, 2 over nccl" in lines
+    ops = backend.records[0].op_counts  # no dequant-sum-requant: each half is quantize, a collective, dequantize
+    assert {op: n for op, n in ops.items() if op.startswith(("flashcomm", "_c10d"))} == {
+        "flashcomm.reference_quantize.default": 2, "_c10d_functional.all_to_all_single.default": 1,
+        "_c10d_functional.all_gather_into_tensor.default": 1, "_c10d_functional.wait_tensor.default": 2,
+        "flashcomm.reference_dequantize.default": 2}
+    torch._dynamo.reset()
+    assert _sites(_compile(f, x)) == [
+        (False, "mode auto: no reduce-scatter has been timed against NCCL yet (mode always rewrites it)"),
+        (False, "mode auto: no all-gather has been timed against NCCL yet (mode always rewrites it)")]
+    torch._dynamo.reset()
+    assert _sites(_compile(f, x, mode="always", transport="symm_mem")) == [(True, "mode always")] * 2
