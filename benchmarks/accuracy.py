@@ -4,12 +4,13 @@ NCCL where 2 GPUs exist).
 1. all-MiniLM-L6-v2 (real weights, TP over heads and FFN): cosine similarity of the sentence embeddings of
    benchmarks/data/sentences.txt to the exact ones, and nearest-neighbour retrieval agreement.
 2. A Llama-shaped TP model with random weights and injected massive-activation channels (as real LLMs show): KL
-   divergence of the next-token distribution and top-1 agreement.
+   divergence of the next-token distribution and top-1 agreement; "sp-llama" is the same model on DTensor's
+   sequence-parallel plan, its reduce-scatters and all-gathers rewritten instead of all-reduces.
 3. The prefill of benchmarks/ttft.py's client (Llama-3-8B shapes, 8 layers, random weights, bfloat16, one 512-token
    prompt) compiled as TP clients ship it (fullgraph=True, dynamic=True), with a random 128256-token head: KL and
    top-1 agreement. Its activations have no outlier channels: what rotation does where there are none to remove.
 
-    PYTHONPATH=. python -m benchmarks.accuracy [--quick] [--models minilm,outlier-llama,client-llama]
+    PYTHONPATH=. python -m benchmarks.accuracy [--quick] [--models minilm,outlier-llama,sp-llama,client-llama]
         [--configs INT6/INT6,INT4/INT8] [--groups 32,128] [--rotations none,hadamard]
 """
 
@@ -137,6 +138,31 @@ def llama_rank(rank: int, world: int, configs: dict, group_sizes, rotations=ROTA
     return rows
 
 
+def sp_llama_rank(rank: int, world: int, configs: dict, group_sizes, rotations=ROTATIONS) -> list[dict]:
+    """`llama_rank`'s model and tokens with the body on DTensor's sequence-parallel plan: its reduce-scatters and
+    all-gathers rewritten instead of all-reduces, at the same options (embedding and head outside, exact)."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    device = rank_device(rank)
+    shape = llama.LlamaShape(dim=512, n_heads=8, ffn_dim=1408, n_layers=4)
+    model = OutlierLlama(shape).to(device)
+    tokens = torch.randint(0, 4096, (4, 128), generator=torch.Generator().manual_seed(2)).to(device)
+    rows = []
+    with torch.no_grad():
+        exact = model(tokens).float().log_softmax(-1)
+        llama.shard_with_dtensor(model.body, init_device_mesh(device.type, (world,)), sequence_parallel=True)
+        hidden = model.embed(tokens).chunk(world, dim=1)[rank]
+        for name, group_size, rotation, options in _variants(configs, group_sizes, rotations):
+            body = _compiled(model.body, options)(hidden)
+            slices = [torch.empty_like(body) for _ in range(world)]
+            dist.all_gather(slices, body.contiguous())
+            out = model.head(torch.cat(slices, dim=1)).float().log_softmax(-1)
+            rows.append(dict(model="Llama+outliers, sequence parallel", config=name, group=group_size,
+                             rotation=rotation, **_next_token_agreement(exact, out)))
+            _progress(rank, rows[-1])
+    return rows
+
+
 class ClientLlama(nn.Module):
     """benchmarks/ttft.py's model (hidden states in) with a random head: the next-token logits of each position."""
 
@@ -176,6 +202,8 @@ def client_llama_rank(rank: int, world: int, configs: dict, group_sizes, rotatio
 MODELS = {  # what --models names: the table's title, the function each rank runs, the metrics
     "minilm": ("MiniLM-L6, {sentences} sentences:", minilm_rank, ["mean_cosine", "min_cosine", "nn_agreement"]),
     "outlier-llama": ("Llama-shaped, 4 layers, outlier channels, 512 tokens:", llama_rank, ["kl", "top1_agreement"]),
+    "sp-llama": ("The same, sequence parallel (reduce-scatters and all-gathers rewritten):", sp_llama_rank,
+                 ["kl", "top1_agreement"]),
     "client-llama": ("Llama-3-8B shapes, 8 layers, bfloat16, fullgraph=True, dynamic=True, 512 tokens:",
                      client_llama_rank, ["kl", "top1_agreement"]),
 }
