@@ -24,8 +24,8 @@ from .timing import median_ms
 LINE = 150  # characters of a graph line shown
 
 # the lines of a rewritten all-reduce worth showing: its Triton kernels (GPU) and its collectives; on CPUs the
-# kernels are the torch reference's ops, compiled by Inductor
-OPS_OF_A_REWRITE = ("triton_kernel_wrapper_functional", "_c10d_functional.")
+# kernels are the torch reference's custom ops
+OPS_OF_A_REWRITE = ("triton_kernel_wrapper_functional", "torch.ops.flashcomm.", "_c10d_functional.")
 
 
 def _rank_main(rank: int, world: int, args: argparse.Namespace) -> dict:
