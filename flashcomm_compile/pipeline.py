@@ -95,50 +95,72 @@ class NcclPipeline:
 class NcclReduceScatter:
     """The first half alone, for sequence parallelism's reduce-scatter (sum, along dim 0): quantize -> all-to-all ->
     dequantize each rank's copy of this rank's chunk and sum them in float32, into the input dtype. Each chunk is
-    padded to whole groups on its own, so chunk r of the payload is exactly the rows rank r gets."""
+    padded to whole groups on its own, so chunk r of the payload is exactly the rows rank r gets. `impl`: the
+    kernels (`kernels_for` the device unless given; the tests' simulation passes one)."""
 
     config: FlashCommConfig
     group_name: str
     world_size: int
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def layout(self, numel) -> PayloadLayout:
+        """One chunk of numel / world_size values a rank, padded to whole groups."""
+        chunk = PayloadLayout.of(numel, self.world_size, self.config).chunk_numel
+        return PayloadLayout.of(chunk * self.world_size, self.world_size, self.config)
+
+    def quantize(self, x: torch.Tensor, impl=None) -> torch.Tensor:
         validate_dtype(x.dtype)
-        world = self.world_size
-        rows = x.reshape(world, -1)
-        width = rows.shape[1]
-        layout = PayloadLayout.of(rows.numel(), world, self.config)  # chunk_numel: width padded to whole groups
+        rows, layout = x.reshape(self.world_size, -1), self.layout(x.numel())
         # symbolic widths are padded by a symbolic amount (maybe 0) rather than guarded on
-        whole = statically_known_true(layout.chunk_numel == width)
-        padded = rows if whole else torch.nn.functional.pad(rows, (0, layout.chunk_numel - width))
-        layout = PayloadLayout.of(padded.numel(), world, self.config)
-        kernels = kernels_for(x.device)
-        splits = [1] * world
-        received = _c10d.all_to_all_single(kernels.quantize(padded, layout), splits, splits, self.group_name)
-        copies = kernels.dequantize(_c10d.wait_tensor(received), layout, torch.float32, (world, layout.chunk_numel))
-        return copies.sum(0)[:width].to(x.dtype).reshape(x.shape[0] // world, *x.shape[1:])
+        whole = statically_known_true(layout.chunk_numel == rows.shape[1])
+        padded = rows if whole else torch.nn.functional.pad(rows, (0, layout.chunk_numel - rows.shape[1]))
+        return (impl or kernels_for(x.device)).quantize(padded, layout)
+
+    def reduce(self, received: torch.Tensor, like: torch.Tensor, impl=None) -> torch.Tensor:
+        """This rank's chunk from every rank (uint8 [W, chunk_bytes]), dequantized and summed: like's chunk."""
+        world, layout = self.world_size, self.layout(like.numel())
+        copies = (impl or kernels_for(received.device)).dequantize(received, layout, torch.float32,
+                                                                  (world, layout.chunk_numel))
+        width = like.numel() // world
+        return copies.sum(0)[:width].to(like.dtype).reshape(like.shape[0] // world, *like.shape[1:])
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        splits = [1] * self.world_size
+        received = _c10d.all_to_all_single(self.quantize(x), splits, splits, self.group_name)
+        return self.reduce(_c10d.wait_tensor(received), x)
 
 
 @dataclass(frozen=True)
 class NcclAllGather:
     """The second half alone, for sequence parallelism's all-gather (along dim 0): quantize (gather_bits) ->
     all-gather -> dequantize. Every rank dequantizes the same gathered bytes, its own chunk from the bytes it sent, so
-    all ranks hold identical results."""
+    all ranks hold identical results. `impl` as for `NcclReduceScatter`."""
 
     config: FlashCommConfig
     group_name: str
     world_size: int
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def layout(self, numel) -> PayloadLayout:
+        """One rank's numel values as one chunk, padded to whole groups."""
+        config = self.config
+        return PayloadLayout(numel, 1, config.gather_bits, config.group_size, config.spike_reserve,
+                             config.rotation == "hadamard")
+
+    def quantize(self, x: torch.Tensor, impl=None) -> torch.Tensor:
         validate_dtype(x.dtype)
-        config, world, numel = self.config, self.world_size, x.numel()
-        own = PayloadLayout(numel, 1, config.gather_bits, config.group_size, config.spike_reserve,
-                            config.rotation == "hadamard")  # one chunk: numel padded to whole groups
+        return (impl or kernels_for(x.device)).quantize(x, self.layout(x.numel()))
+
+    def dequantize(self, gathered: torch.Tensor, like: torch.Tensor, impl=None) -> torch.Tensor:
+        """Every rank's chunk (uint8 [W, chunk_bytes]) dequantized: like's shape, world_size times along dim 0."""
+        world, own = self.world_size, self.layout(like.numel())
         every = dataclasses.replace(own, numel=world * own.chunk_numel, world_size=world)
-        kernels = kernels_for(x.device)
-        gathered = _c10d.all_gather_into_tensor(kernels.quantize(x, own).reshape(-1), world, self.group_name)
-        gathered = _c10d.wait_tensor(gathered).reshape(world, -1)
-        values = kernels.dequantize(gathered, every, x.dtype, (world, own.chunk_numel))
-        return values[:, :numel].reshape(world * x.shape[0], *x.shape[1:])
+        values = (impl or kernels_for(gathered.device)).dequantize(gathered, every, like.dtype,
+                                                                  (world, own.chunk_numel))
+        return values[:, :like.numel()].reshape(world * like.shape[0], *like.shape[1:])
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        payload = self.quantize(x).reshape(-1)
+        gathered = _c10d.wait_tensor(_c10d.all_gather_into_tensor(payload, self.world_size, self.group_name))
+        return self.dequantize(gathered.reshape(self.world_size, -1), x)
 
 
 @dataclass(frozen=True)
@@ -192,6 +214,17 @@ class SymmetricPipeline:
         self.quantize(x, x if after is None else after, token)
         self.reduce(x.numel(), token)
         return self.dequantize(x, token), token
+
+
+def simulate_halves(impl, inputs: list[torch.Tensor], config: FlashCommConfig) -> tuple[list, list]:
+    """The reduce-scatter and the all-gather for W = len(inputs) simulated ranks, through one kernel implementation,
+    the collectives done by indexing: (each rank's reduce-scattered chunk, each rank's all-gathered tensor)."""
+    world = len(inputs)
+    scatter, gather = NcclReduceScatter(config, "", world), NcclAllGather(config, "", world)
+    sent = [scatter.quantize(x, impl) for x in inputs]
+    scattered = [scatter.reduce(torch.stack([p[r] for p in sent]), inputs[0], impl) for r in range(world)]
+    gathered = torch.cat([gather.quantize(x, impl) for x in inputs])
+    return scattered, [gather.dequantize(gathered.clone(), inputs[0], impl) for _ in range(world)]
 
 
 @dataclass
