@@ -100,8 +100,8 @@ def _size(value) -> int | str:
 def _row(graph: int, report: SiteReport, config: FlashCommConfig) -> SiteRow:
     site = report.site
     row = SiteRow(graph=graph, kind=site.kind, node=site.node.name, module=module_path(site.node),
-                  source=_user_source(site.node), shape=[str(s) for s in site.shape], dtype=str(site.dtype).removeprefix("torch."),
-                  bytes=_size(site.nbytes), group=site.group_name,
+                  source=_user_source(site.node), shape=[str(s) for s in site.shape],
+                  dtype=str(site.dtype).removeprefix("torch."), bytes=_size(site.nbytes), group=site.group_name,
                   decision="rewritten" if report.rewritten else "kept", reason=report.reason,
                   transport=report.decision.transport, transport_reason=report.decision.transport_reason)
     if guards.eligibility(site) is None:
