@@ -32,7 +32,6 @@ from .config import FlashCommConfig
 from .error_model import wire_bits
 from .factories import first_line, load_factory, model_and_inputs
 from .kernels import reference
-from .kernels.layout import SUPPORTED_DTYPES
 from .launch import default_backend, rank_device, run_ranks
 from .pipeline import simulate
 
@@ -88,7 +87,7 @@ class Evaluation:
 
     def to_json(self) -> str:
         recommended = self.recommended
-        return json.dumps(dict(version=1, **{k: v for k, v in dataclasses.asdict(self).items()},
+        return json.dumps(dict(version=1, **dataclasses.asdict(self),
                                recommended=recommended.config if recommended else None), indent=1)
 
     def to_text(self) -> str:
@@ -155,18 +154,20 @@ def _(x, site):
 
 
 class _RecordingPass:
-    """Puts `record_site` in front of every all-reduce the rewrite could take (a sum of a supported dtype)."""
+    """Puts `record_site` in front of every all-reduce the rewrite could take (`guards.eligibility`)."""
 
     def __init__(self):
         self.sites: list[dict] = []
 
     def __call__(self, graph: torch.fx.Graph) -> None:
         from .inspection import module_path
+        from .passes.guards import eligibility
         from .passes.rules import ALL_REDUCE
+        from .passes.site import Site
 
         for node in [n for n in graph.nodes if n.target is ALL_REDUCE]:
             value = node.args[0].meta["val"]
-            if node.args[1] != "sum" or value.dtype not in SUPPORTED_DTYPES:
+            if eligibility(Site.of(node, "all-reduce")) is not None:
                 continue
             with graph.inserting_before(node):
                 recorded = graph.call_function(torch.ops.flashcomm.record_site.default, (node.args[0], len(self.sites)))

@@ -119,20 +119,14 @@ def _payloads(row: SiteRow, site, config: FlashCommConfig) -> None:
     """The bytes each step sends, against what the plain collective moves, and the predicted error. An all-reduce
     is both steps; a reduce-scatter the first (reduce_bits), an all-gather the second (gather_bits), each rank's
     chunk padded to whole groups on its own."""
-    world, bits = site.world_size, (config.reduce_bits, config.gather_bits)
-    if site.kind == "all-reduce":
-        layout = PayloadLayout.of(site.numel, world, config)
-        steps = [layout.chunk_bytes * world, layout.with_bits(config.gather_bits).chunk_bytes * world]
-        tail = layout.padded_numel - site.numel
-    else:
-        numel = site.numel if site.kind == "all-gather" else site.numel // world  # one rank's chunk
-        step = 0 if site.kind == "reduce-scatter" else 1
-        layout = PayloadLayout(numel, 1, bits[step], config.group_size, config.spike_reserve,
-                               config.rotation == "hadamard")
-        steps = [None, None]
-        steps[step] = layout.chunk_bytes * world
-        bits = (bits[step],)
-        tail = (layout.chunk_numel - numel) * world
+    world = site.world_size
+    numel = site.numel * world if site.kind == "all-gather" else site.numel  # the values spread over W chunks
+    layout = PayloadLayout.of(numel, world, config)
+    steps = [layout.chunk_bytes * world, layout.with_bits(config.gather_bits).chunk_bytes * world]
+    taken = {"all-reduce": (0, 1), "reduce-scatter": (0,), "all-gather": (1,)}[site.kind]
+    steps = [b if step in taken else None for step, b in enumerate(steps)]
+    bits = [(config.reduce_bits, config.gather_bits)[step] for step in taken]
+    tail = layout.padded_numel - numel
     row.reduce_payload_bytes, row.gather_payload_bytes = (None if b is None else _size(b) for b in steps)
     row.padding = "none" if site.proves(tail == 0) else f"{tail} zeros, masked in the kernels"
     if site.is_static:

@@ -141,9 +141,7 @@ class NcclAllGather:
 
     def layout(self, numel) -> PayloadLayout:
         """One rank's numel values as one chunk, padded to whole groups."""
-        config = self.config
-        return PayloadLayout(numel, 1, config.gather_bits, config.group_size, config.spike_reserve,
-                             config.rotation == "hadamard")
+        return PayloadLayout.of(numel, 1, self.config).with_bits(self.config.gather_bits)
 
     def quantize(self, x: torch.Tensor, impl=None) -> torch.Tensor:
         validate_dtype(x.dtype)

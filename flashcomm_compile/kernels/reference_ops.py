@@ -17,39 +17,35 @@ from . import reference
 from .layout import PayloadLayout
 
 
-def _layout(numel, world_size: int, bits: int, group_size: int, spike_reserve: bool, rotate: bool) -> PayloadLayout:
-    return PayloadLayout(numel, world_size, bits, group_size, spike_reserve, rotate)
-
-
 @torch.library.custom_op("flashcomm::reference_quantize", mutates_args=())
 def _quantize(x: torch.Tensor, world_size: int, bits: int, group_size: int, spike_reserve: bool,
               rotate: bool) -> torch.Tensor:
-    return reference.quantize(x, _layout(x.numel(), world_size, bits, group_size, spike_reserve, rotate))
+    return reference.quantize(x, PayloadLayout(x.numel(), world_size, bits, group_size, spike_reserve, rotate))
 
 
 @_quantize.register_fake
 def _(x, world_size, bits, group_size, spike_reserve, rotate):
-    layout = _layout(x.numel(), world_size, bits, group_size, spike_reserve, rotate)
+    layout = PayloadLayout(x.numel(), world_size, bits, group_size, spike_reserve, rotate)
     return x.new_empty((world_size, layout.chunk_bytes), dtype=torch.uint8)
 
 
 @torch.library.custom_op("flashcomm::reference_dequant_sum_requant", mutates_args=())
 def _dequant_sum_requant(received: torch.Tensor, numel: int, bits: int, group_size: int, spike_reserve: bool,
                          rotate: bool, out_bits: int) -> torch.Tensor:
-    layout = _layout(numel, received.shape[0], bits, group_size, spike_reserve, rotate)
+    layout = PayloadLayout(numel, received.shape[0], bits, group_size, spike_reserve, rotate)
     return reference.dequant_sum_requant(received, layout, out_bits)
 
 
 @_dequant_sum_requant.register_fake
 def _(received, numel, bits, group_size, spike_reserve, rotate, out_bits):
-    layout = _layout(numel, received.shape[0], out_bits, group_size, spike_reserve, rotate)
+    layout = PayloadLayout(numel, received.shape[0], out_bits, group_size, spike_reserve, rotate)
     return received.new_empty((1, layout.chunk_bytes))
 
 
 @torch.library.custom_op("flashcomm::reference_dequantize", mutates_args=())
 def _dequantize(gathered: torch.Tensor, numel: int, bits: int, group_size: int, spike_reserve: bool, rotate: bool,
                 dtype: torch.dtype, shape: Sequence[int]) -> torch.Tensor:
-    layout = _layout(numel, gathered.shape[0], bits, group_size, spike_reserve, rotate)
+    layout = PayloadLayout(numel, gathered.shape[0], bits, group_size, spike_reserve, rotate)
     return reference.dequantize(gathered, layout, dtype, shape)
 
 

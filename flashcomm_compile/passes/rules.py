@@ -37,6 +37,11 @@ def quantized_all_reduce(site: Site, config: FlashCommConfig, decision: guards.D
     return lowered_pipeline(site, config, decision.transport)
 
 
+def quantized_half(site: Site, config: FlashCommConfig, decision: guards.Decision) -> Lowered:
+    """The reduce-scatter's or the all-gather's half of the pipeline, over NCCL."""
+    return lowered_half(site, config)
+
+
 def _waited(collective, *args: str) -> PatternExpr:
     return CallFunction(WAIT_TENSOR, CallFunction(collective, *map(KeywordArg, args)))
 
@@ -54,7 +59,7 @@ QUANTIZED_REDUCE_SCATTER = Rule(
     collective=REDUCE_SCATTER,
     pattern=_waited(REDUCE_SCATTER, "inp", "reduce_op", "group_size", "group_name"),
     guard=guards.quantized_half,
-    replacement=lambda site, config, decision: lowered_half(site, config),
+    replacement=quantized_half,
 )
 
 QUANTIZED_ALL_GATHER = Rule(
@@ -62,7 +67,7 @@ QUANTIZED_ALL_GATHER = Rule(
     collective=ALL_GATHER,
     pattern=_waited(ALL_GATHER, "inp", "group_size", "group_name"),
     guard=guards.quantized_half,
-    replacement=lambda site, config, decision: lowered_half(site, config),
+    replacement=quantized_half,
 )
 
 RULES: tuple[Rule, ...] = (QUANTIZED_ALL_REDUCE, QUANTIZED_REDUCE_SCATTER, QUANTIZED_ALL_GATHER)

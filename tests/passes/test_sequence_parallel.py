@@ -12,6 +12,7 @@ import torch.distributed._functional_collectives as funcol
 from torch._inductor import config as inductor_config
 from torch._inductor.utils import run_and_get_code
 
+from flashcomm_compile.config import FlashCommConfig
 from flashcomm_compile.error_model import step_error
 from flashcomm_compile.examples import llama
 from flashcomm_compile.kernels import reference
@@ -38,8 +39,7 @@ def _everyone(x: torch.Tensor) -> list[torch.Tensor]:
 
 
 def _one_chunk(numel: int, bits: int, config: dict) -> PayloadLayout:
-    return PayloadLayout(numel, 1, bits, config.get("group_size", 128), config.get("spike_reserve", False),
-                         config.get("rotation") == "hadamard")
+    return PayloadLayout.of(numel, 1, FlashCommConfig(**config)).with_bits(bits)
 
 
 def _halves(rank, world, cases):
