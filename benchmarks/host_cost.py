@@ -34,7 +34,8 @@ from flashcomm_compile.config import FlashCommConfig
 from flashcomm_compile.kernels import triton_kernels
 from flashcomm_compile.pipeline import SymmetricPipeline
 from flashcomm_compile.kernels.address_table import address_table
-from flashcomm_compile.symmetric import MAX_WORLD_SIZE, SymmetricLayout
+from flashcomm_compile.kernels.layout import PayloadLayout
+from flashcomm_compile.symmetric import MAX_WORLD_SIZE, SymmetricLayout, workspace_bytes
 from flashcomm_compile.timing import back_to_back_us, graph_median_ms
 
 TOKENS = (512, 2048, 8192, 16384)
@@ -52,13 +53,28 @@ class LocalWorkspace:
         self.pad = torch.zeros(MAX_WORLD_SIZE, dtype=torch.int32, device=device)
         self.table = address_table([self.buffer.data_ptr()], [self.pad.data_ptr()], device)
 
+    @classmethod
+    def for_all_reduces(cls, numel: int, configs, device: torch.device) -> "LocalWorkspace":
+        """Large enough for all-reduces of numel elements under each config (and so for a reduce-scatter or an
+        all-gather of as many)."""
+        return cls(max(workspace_bytes(PayloadLayout.of(numel, 1, c), c.gather_bits) for c in configs), device)
 
-def five_launches(baseline, table_address: int):
+    @property
+    def upper(self) -> int:
+        return self.buffer.numel() // 2
+
+    def pipeline(self, config: FlashCommConfig) -> SymmetricPipeline:
+        """The all-reduce over this workspace, W = 1."""
+        return SymmetricPipeline(config, 1, self.table.data_ptr(), 0, self.upper)
+
+
+def five_launches(baseline, workspace: LocalWorkspace):
     """The pipeline before the 2026-11-29 three-launch run: the current kernels without their barriers, a barrier
     kernel after each."""
+    table_address = workspace.table.data_ptr()
 
     def all_reduce(x, after):
-        layout = SymmetricLayout.of(x.numel(), 1, CONFIG)
+        layout = SymmetricLayout(PayloadLayout.of(x.numel(), 1, CONFIG), CONFIG.gather_bits, workspace.upper)
         token = torch.empty(1, dtype=torch.int32, device=x.device)
         triton_kernels.quantize_symm(x, table_address, 0, layout.stride, layout.payload, after, token, barrier=False)
         baseline.barrier(table_address, 0, 1, token)
@@ -91,16 +107,14 @@ def main() -> None:
     args = parser.parse_args()
     compile_every_variant()
     device = torch.device("cuda", 0)
-    largest = max(SymmetricLayout.of(max(TOKENS) * HIDDEN, 1, c).total_bytes for c in (CONFIG, EQUAL_SPLIT))
-    workspace = LocalWorkspace(largest, device)
-    address = workspace.table.data_ptr()
-    variants = {"chain alone": chained(None), "3 launches": chained(SymmetricPipeline(CONFIG, 1, address, 0))}
+    workspace = LocalWorkspace.for_all_reduces(max(TOKENS) * HIDDEN, (CONFIG, EQUAL_SPLIT), device)
+    variants = {"chain alone": chained(None), "3 launches": chained(workspace.pipeline(CONFIG))}
     if args.baseline:
-        variants["5 launches"] = chained(five_launches(load_kernels(args.baseline), address))
-    variants["3 launches, rotated"] = chained(SymmetricPipeline(ROTATED, 1, address, 0))
-    variants["INT6/INT6"] = chained(SymmetricPipeline(EQUAL_SPLIT, 1, address, 0))
-    variants["INT6/INT6, rotated"] = chained(SymmetricPipeline(dataclasses.replace(EQUAL_SPLIT, rotation="hadamard"),
-                                                               1, address, 0))
+        variants["5 launches"] = chained(five_launches(load_kernels(args.baseline), workspace))
+    variants["3 launches, rotated"] = chained(workspace.pipeline(ROTATED))
+    variants["INT6/INT6"] = chained(workspace.pipeline(EQUAL_SPLIT))
+    variants["INT6/INT6, rotated"] = chained(workspace.pipeline(dataclasses.replace(EQUAL_SPLIT,
+                                                                                     rotation="hadamard")))
     rows = []
     for tokens in TOKENS:
         x = torch.randn(tokens, HIDDEN, device=device, dtype=torch.bfloat16)

@@ -24,7 +24,7 @@ import torch
 from triton.testing import do_bench_cudagraph
 
 from flashcomm_compile.kernels import triton_kernels
-from flashcomm_compile.kernels.launches import LAUNCH, Launch
+from flashcomm_compile.kernels.launches import LAUNCH
 from flashcomm_compile.kernels.layout import PayloadLayout
 from benchmarks.common import environment, print_table, write_json
 

@@ -23,7 +23,8 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from .config import FlashCommConfig
 from .passes.site import Site
-from .pipeline import NcclAllGather, NcclPipeline, NcclReduceScatter, SymmetricPipeline
+from .pipeline import (NcclAllGather, NcclPipeline, NcclReduceScatter, SymmetricAllGather, SymmetricPipeline,
+                       SymmetricReduceScatter)
 
 # A symbolic size on symmetric memory gets a workspace for at least this many bytes of input (or its current size,
 # if larger); the compiled code is guarded on fitting it, a larger size compiles again with a larger workspace.
@@ -44,19 +45,19 @@ class Untokened:
         return self.pipeline(x), after
 
 
+NCCL_PIPELINES = {"all-reduce": NcclPipeline, "reduce-scatter": NcclReduceScatter, "all-gather": NcclAllGather}
+SYMMETRIC_PIPELINES = {"all-reduce": SymmetricPipeline, "reduce-scatter": SymmetricReduceScatter,
+                       "all-gather": SymmetricAllGather}
+
+
 def lowered_pipeline(site: Site, config: FlashCommConfig, transport: str) -> Lowered:
-    """The pipeline that replaces the site. On a CPU predicting for a GPU (inspect), symm_mem is traced as the NCCL
-    transport, which sends the same bytes."""
+    """The pipeline of the site's kind that replaces it. On a CPU predicting for a GPU (inspect), symm_mem is traced
+    as the NCCL transport, which sends the same bytes."""
     config = config.with_transport(transport)
     if transport == "symm_mem" and site.value.device.type == "cuda":
-        return SymmetricPipeline.over(site.group_name, site.value.device, _capacity(site), site.world_size, config)
-    return Untokened(NcclPipeline(config, site.group_name, site.world_size))
-
-
-def lowered_half(site: Site, config: FlashCommConfig) -> Lowered:
-    """The quantized reduce-scatter or all-gather that replaces the site (NCCL's collectives between the kernels)."""
-    half = NcclReduceScatter if site.kind == "reduce-scatter" else NcclAllGather
-    return Untokened(half(config.with_transport("nccl"), site.group_name, site.world_size))
+        return SYMMETRIC_PIPELINES[site.kind].over(site.group_name, site.value.device, _capacity(site),
+                                                   site.world_size, config)
+    return Untokened(NCCL_PIPELINES[site.kind](config, site.group_name, site.world_size))
 
 
 def _capacity(site: Site) -> int:

@@ -1,5 +1,5 @@
-"""The stages of one quantized all-reduce, described once per transport, and its two halves alone, the
-reduce-scatter and the all-gather of sequence parallelism.
+"""The stages of one quantized all-reduce, and of its two halves alone (the reduce-scatter and the all-gather of
+sequence parallelism), described once per transport.
 
 The pass traces these into the post-grad graph (Inductor then launches the Triton kernels itself; on CPUs it calls
 the torch reference's custom ops), the eager API calls them, and the benchmarks time them stage by stage. Each
@@ -7,7 +7,7 @@ pipeline holds what the compile knows (config, group, world size, workspace), so
 
 NCCL transport: quantize -> all-to-all (the reduce-scatter) -> dequantize-sum-requantize -> all-gather -> dequantize.
 Symmetric memory: the all-to-all and the all-gather are folded into the kernels' loads from the peers' buffers, with
-a barrier at the end of each of the first two kernels; see `symmetric.py` for the workspace and why two barriers
+a barrier at the end of the kernels that let peers read; see `symmetric.py` for the workspace and why those barriers
 suffice.
 """
 
@@ -22,7 +22,7 @@ from torch.fx.experimental.symbolic_shapes import statically_known_true
 from .config import FlashCommConfig
 from .kernels import reference_ops
 from .kernels.layout import PayloadLayout, validate_dtype
-from .symmetric import SymmetricLayout, workspace
+from .symmetric import SymmetricLayout, chunk_stride, workspace, workspace_bytes
 
 _c10d = torch.ops._c10d_functional
 
@@ -91,37 +91,70 @@ class NcclPipeline:
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs).view(x.shape)
 
 
+def scatter_layout(numel, world_size: int, config: FlashCommConfig) -> PayloadLayout:
+    """The reduce-scatter's payload: W chunks of numel / W values, each padded to whole groups on its own, so chunk
+    r is exactly the rows rank r gets."""
+    chunk = PayloadLayout.of(numel, world_size, config).chunk_numel
+    return PayloadLayout.of(chunk * world_size, world_size, config)
+
+
+def scatter_rows(x: torch.Tensor, layout: PayloadLayout) -> torch.Tensor:
+    """x as the W rows of the reduce-scatter's chunks, each padded to the layout's whole groups."""
+    rows = x.reshape(layout.world_size, -1)
+    # symbolic widths are padded by a symbolic amount (maybe 0) rather than guarded on
+    if statically_known_true(layout.chunk_numel == rows.shape[1]):
+        return rows
+    return torch.nn.functional.pad(rows, (0, layout.chunk_numel - rows.shape[1]))
+
+
+def scattered_shape(like: torch.Tensor, world_size: int) -> tuple:
+    return (like.shape[0] // world_size, *like.shape[1:])
+
+
+def gather_layout(numel, config: FlashCommConfig) -> PayloadLayout:
+    """The all-gather's payload: one rank's numel values as one chunk, padded to whole groups (gather_bits)."""
+    return PayloadLayout.of(numel, 1, config).with_bits(config.gather_bits)
+
+
+def gathered_layout(own: PayloadLayout, world_size: int) -> PayloadLayout:
+    """The W gathered chunks of `own`, one per rank."""
+    return dataclasses.replace(own, numel=world_size * own.chunk_numel, world_size=world_size)
+
+
+def gathered_values(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Each rank's dequantized chunk [W, chunk_numel] without its padding: like's shape, W times along dim 0."""
+    world = values.shape[0]
+    return values[:, :like.numel()].reshape(world * like.shape[0], *like.shape[1:])
+
+
 @dataclass(frozen=True)
 class NcclReduceScatter:
     """The first half alone, for sequence parallelism's reduce-scatter (sum, along dim 0): quantize -> all-to-all ->
-    dequantize each rank's copy of this rank's chunk and sum them in float32, into the input dtype. Each chunk is
-    padded to whole groups on its own, so chunk r of the payload is exactly the rows rank r gets. `impl`: the
-    kernels (`kernels_for` the device unless given; the tests' simulation passes one)."""
+    dequantize each rank's copy of this rank's chunk into float32 and sum them in rank order, into the input dtype
+    (the symmetric-memory kernel sums alike: the same bytes). `impl`: the kernels (`kernels_for` the device unless
+    given; the tests' simulation passes one)."""
 
     config: FlashCommConfig
     group_name: str
     world_size: int
 
     def layout(self, numel) -> PayloadLayout:
-        """One chunk of numel / world_size values a rank, padded to whole groups."""
-        chunk = PayloadLayout.of(numel, self.world_size, self.config).chunk_numel
-        return PayloadLayout.of(chunk * self.world_size, self.world_size, self.config)
+        return scatter_layout(numel, self.world_size, self.config)
 
     def quantize(self, x: torch.Tensor, impl=None) -> torch.Tensor:
         validate_dtype(x.dtype)
-        rows, layout = x.reshape(self.world_size, -1), self.layout(x.numel())
-        # symbolic widths are padded by a symbolic amount (maybe 0) rather than guarded on
-        whole = statically_known_true(layout.chunk_numel == rows.shape[1])
-        padded = rows if whole else torch.nn.functional.pad(rows, (0, layout.chunk_numel - rows.shape[1]))
-        return (impl or kernels_for(x.device)).quantize(padded, layout)
+        layout = self.layout(x.numel())
+        return (impl or kernels_for(x.device)).quantize(scatter_rows(x, layout), layout)
 
     def reduce(self, received: torch.Tensor, like: torch.Tensor, impl=None) -> torch.Tensor:
         """This rank's chunk from every rank (uint8 [W, chunk_bytes]), dequantized and summed: like's chunk."""
         world, layout = self.world_size, self.layout(like.numel())
         copies = (impl or kernels_for(received.device)).dequantize(received, layout, torch.float32,
                                                                   (world, layout.chunk_numel))
-        width = like.numel() // world
-        return copies.sum(0)[:width].to(like.dtype).reshape(like.shape[0] // world, *like.shape[1:])
+        total = copies[0]
+        for copy in copies[1:]:
+            total = total + copy
+        return total[:like.numel() // world].to(like.dtype).reshape(scattered_shape(like, world))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         splits = [1] * self.world_size
@@ -140,8 +173,7 @@ class NcclAllGather:
     world_size: int
 
     def layout(self, numel) -> PayloadLayout:
-        """One rank's numel values as one chunk, padded to whole groups."""
-        return PayloadLayout.of(numel, 1, self.config).with_bits(self.config.gather_bits)
+        return gather_layout(numel, self.config)
 
     def quantize(self, x: torch.Tensor, impl=None) -> torch.Tensor:
         validate_dtype(x.dtype)
@@ -149,11 +181,10 @@ class NcclAllGather:
 
     def dequantize(self, gathered: torch.Tensor, like: torch.Tensor, impl=None) -> torch.Tensor:
         """Every rank's chunk (uint8 [W, chunk_bytes]) dequantized: like's shape, world_size times along dim 0."""
-        world, own = self.world_size, self.layout(like.numel())
-        every = dataclasses.replace(own, numel=world * own.chunk_numel, world_size=world)
+        every = gathered_layout(self.layout(like.numel()), self.world_size)
         values = (impl or kernels_for(gathered.device)).dequantize(gathered, every, like.dtype,
-                                                                  (world, own.chunk_numel))
-        return values[:, :like.numel()].reshape(world * like.shape[0], *like.shape[1:])
+                                                                  (self.world_size, every.chunk_numel))
+        return gathered_values(values, like)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         payload = self.quantize(x).reshape(-1)
@@ -171,17 +202,20 @@ class SymmetricPipeline:
     world_size: int
     table_address: int  # the workspace's address table (symmetric.Workspace)
     rank: int
+    upper: int  # where the workspace's upper half starts (symmetric.Workspace.upper)
 
     @classmethod
     def over(cls, group_name: str, device: torch.device, numel: int, world_size: int,
              config: FlashCommConfig) -> "SymmetricPipeline":
         """The pipeline for all-reduces of up to `numel` elements over the group, its workspace allocated now (a
         collective) if needed."""
-        ws = workspace(group_name, device, SymmetricLayout.of(numel, world_size, config).total_bytes)
-        return cls(config, world_size, ws.table.data_ptr(), ws.handle.rank)
+        ws = workspace(group_name, device, workspace_bytes(PayloadLayout.of(numel, world_size, config),
+                                                           config.gather_bits))
+        return cls(config, world_size, ws.table.data_ptr(), ws.handle.rank, ws.upper)
 
     def layout(self, numel) -> SymmetricLayout:
-        return SymmetricLayout.of(numel, self.world_size, self.config)
+        return SymmetricLayout(PayloadLayout.of(numel, self.world_size, self.config), self.config.gather_bits,
+                               self.upper)
 
     def quantize(self, x: torch.Tensor, after: torch.Tensor, token: torch.Tensor) -> None:
         from .kernels import triton_kernels
@@ -193,9 +227,9 @@ class SymmetricPipeline:
         from .kernels import triton_kernels
 
         layout = self.layout(numel)
-        chunk = layout.stride * self.rank if self.rank else 0  # rank 0's: a plain 0, not a symbolic 0 * stride
-        triton_kernels.dequant_sum_requant_peers(self.table_address, chunk, layout.reduced_offset, self.rank,
-                                                 layout.payload, self.config.gather_bits, token)
+        triton_kernels.dequant_sum_requant_peers(self.table_address, _chunk_offset(layout.stride, self.rank),
+                                                 layout.reduced_offset, self.rank, layout.payload,
+                                                 self.config.gather_bits, token)
 
     def dequantize(self, like: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
         from .kernels import triton_kernels
@@ -205,12 +239,105 @@ class SymmetricPipeline:
                                                like.shape, token)
 
     def __call__(self, x: torch.Tensor, after: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sum of x over the group, its token). `after`: the token of the all-reduce before it on this workspace
+        """(sum of x over the group, its token). `after`: the token of the collective before it on this workspace
         (read-only, so that tracing adds no write-back), which keeps the two in order in the graph."""
         validate_dtype(x.dtype)
         token = torch.empty(1, dtype=torch.int32, device=x.device)
         self.quantize(x, x if after is None else after, token)
         self.reduce(x.numel(), token)
+        return self.dequantize(x, token), token
+
+
+def _chunk_offset(stride, rank: int):
+    """Where this rank's chunk lies in every rank's buffer: rank 0's a plain 0, not a symbolic 0 * stride."""
+    return stride * rank if rank else 0
+
+
+@dataclass(frozen=True)
+class SymmetricReduceScatter:
+    """The reduce-scatter over a symmetric-memory workspace: quantize every rank's chunk into this rank's buffer
+    (then the first barrier), then dequantize this rank's chunk from every rank's buffer and sum it (then the
+    second). Tokens order it among the workspace's collectives, as `SymmetricPipeline`'s do. `barrier` False: for
+    ranks simulated one after another (the tests, under Triton's interpreter)."""
+
+    config: FlashCommConfig
+    world_size: int
+    table_address: int
+    rank: int
+    barrier: bool = True
+
+    @classmethod
+    def over(cls, group_name: str, device: torch.device, numel: int, world_size: int,
+             config: FlashCommConfig) -> "SymmetricReduceScatter":
+        """For reduce-scatters of up to `numel` elements, the workspace allocated now (a collective) if needed."""
+        ws = workspace(group_name, device, workspace_bytes(scatter_layout(numel, world_size, config)))
+        return cls(config, world_size, ws.table.data_ptr(), ws.handle.rank)
+
+    def layout(self, numel) -> PayloadLayout:
+        return scatter_layout(numel, self.world_size, self.config)
+
+    def quantize(self, x: torch.Tensor, after: torch.Tensor, token: torch.Tensor) -> None:
+        from .kernels import triton_kernels
+
+        validate_dtype(x.dtype)
+        layout = self.layout(x.numel())
+        triton_kernels.quantize_symm(scatter_rows(x, layout), self.table_address, self.rank, chunk_stride(layout),
+                                     layout, after, token, self.barrier)
+
+    def reduce(self, like: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+        from .kernels import triton_kernels
+
+        layout = self.layout(like.numel())
+        return triton_kernels.dequant_sum_peers(self.table_address, _chunk_offset(chunk_stride(layout), self.rank),
+                                                self.rank, layout, like.dtype, scattered_shape(like, self.world_size),
+                                                token, self.barrier)
+
+    def __call__(self, x: torch.Tensor, after: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(this rank's chunk of the sum of x over the group, its token); `after` as for `SymmetricPipeline`."""
+        token = torch.empty(1, dtype=torch.int32, device=x.device)
+        self.quantize(x, x if after is None else after, token)
+        return self.reduce(x, token), token
+
+
+@dataclass(frozen=True)
+class SymmetricAllGather:
+    """The all-gather over a symmetric-memory workspace: quantize this rank's values as one chunk into its buffer
+    (then the first barrier), then dequantize every rank's chunk from its buffer (then the second: the next
+    collective writes where the chunks lie). Every rank dequantizes the same bytes. `barrier` as for
+    `SymmetricReduceScatter`."""
+
+    config: FlashCommConfig
+    world_size: int
+    table_address: int
+    rank: int
+    barrier: bool = True
+
+    @classmethod
+    def over(cls, group_name: str, device: torch.device, numel: int, world_size: int,
+             config: FlashCommConfig) -> "SymmetricAllGather":
+        """For all-gathers of up to `numel` elements a rank, the workspace allocated now (a collective) if needed."""
+        ws = workspace(group_name, device, workspace_bytes(gather_layout(numel, config)))
+        return cls(config, world_size, ws.table.data_ptr(), ws.handle.rank)
+
+    def quantize(self, x: torch.Tensor, after: torch.Tensor, token: torch.Tensor) -> None:
+        from .kernels import triton_kernels
+
+        validate_dtype(x.dtype)
+        triton_kernels.quantize_symm(x, self.table_address, self.rank, 0, gather_layout(x.numel(), self.config), after,
+                                     token, self.barrier, self.world_size)
+
+    def dequantize(self, like: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+        from .kernels import triton_kernels
+
+        every = gathered_layout(gather_layout(like.numel(), self.config), self.world_size)
+        values = triton_kernels.dequantize_peers(self.table_address, 0, every, like.dtype,
+                                                 (self.world_size, every.chunk_numel), token, self.rank, self.barrier)
+        return gathered_values(values, like)
+
+    def __call__(self, x: torch.Tensor, after: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x of every rank, along dim 0, its token); `after` as for `SymmetricPipeline`."""
+        token = torch.empty(1, dtype=torch.int32, device=x.device)
+        self.quantize(x, x if after is None else after, token)
         return self.dequantize(x, token), token
 
 

@@ -1,15 +1,21 @@
-"""The two-step all-reduce over symmetric memory: every GPU of the group maps its peers' buffers (NVLink), so the
-all-to-all is folded into the dequantize-sum-requantize kernel's loads and the all-gather into the dequantize
-kernel's. One all-reduce is then three kernels (`pipeline.SymmetricPipeline`), the first two ending in a barrier,
-no NCCL call, and the quantized bytes cross the link once, read by the kernel that needs them. The compiled code
-reaches the workspace through the address of its table, a constant: the workspace is allocated when the graph is
-compiled, and kept for the life of the process.
+"""Quantized collectives over symmetric memory: every GPU of the group maps its peers' buffers (NVLink), so an
+all-to-all or an all-gather is folded into the loads of the kernel that needs the data. An all-reduce is three
+kernels (`pipeline.SymmetricPipeline`), the first two ending in a barrier; sequence parallelism's reduce-scatter and
+all-gather are two kernels each, both ending in one (`SymmetricReduceScatter`, `SymmetricAllGather`). No NCCL call,
+and the quantized bytes cross the link once, read by the kernel that needs them. The compiled code reaches the
+workspace through the address of its table, a constant: the workspace is allocated when the graph is compiled, and
+kept for the life of the process.
 
-Each rank's buffer holds the W first-step chunks it quantized (chunk r is read by rank r), then the requantized
-chunk it reduced (read by every rank). Between the steps a barrier makes the writes visible; the second barrier
-also guarantees, for the next all-reduce, that no peer still reads a chunk about to be overwritten (a rank passes it
-only after every peer finished reading its first-step chunks, and it reaches the next first barrier only after its
-own dequantize, the last reader of the requantized chunks).
+Each rank's buffer has two halves. Before its first barrier a collective writes only the lower half (an all-reduce
+or a reduce-scatter its W first-step chunks, chunk r read by rank r; an all-gather its one chunk); the all-reduce
+writes its requantized chunk, read by every rank, into the upper half after that barrier. Why that is safe, whatever
+the sizes and kinds of consecutive collectives on one workspace:
+- a peer reads the lower half only between the first barrier and the barrier that ends the collective's last
+  writer-side kernel (the all-reduce's second, the halves' last), so nothing still reads it when the next collective
+  writes it;
+- a peer may still read an all-reduce's upper half after the last barrier, while this rank starts the next
+  collective; that one writes the lower half first, and the upper half (an all-reduce's) only after its own first
+  barrier, which every peer reaches after its previous dequantize, the last reader.
 """
 
 from __future__ import annotations
@@ -20,7 +26,6 @@ from dataclasses import dataclass
 import torch
 
 from . import cost_model
-from .config import FlashCommConfig
 from .kernels.address_table import address_table
 from .kernels.layout import PayloadLayout
 
@@ -33,37 +38,39 @@ def _align(nbytes: int) -> int:
     return -(-nbytes // ALIGN) * ALIGN
 
 
+def chunk_stride(payload: PayloadLayout):
+    """Bytes from one chunk to the next in a buffer."""
+    return _align(payload.chunk_bytes)
+
+
+def workspace_bytes(payload: PayloadLayout, gather_bits: int | None = None) -> int:
+    """Bytes of a workspace for one collective: `payload`'s chunks in the lower half, and an all-reduce's
+    requantized chunk (`gather_bits`; None for the halves, which have none) in the upper half."""
+    lower = payload.world_size * chunk_stride(payload)
+    upper = 0 if gather_bits is None else _align(payload.with_bits(gather_bits).chunk_bytes)
+    return 2 * max(lower, upper)
+
+
 @dataclass(frozen=True)
 class SymmetricLayout:
-    """Where one all-reduce's data lives in each rank's symmetric buffer."""
+    """Where one collective's data lives in each rank's symmetric buffer: its chunks from the start, chunk c at
+    c * stride, and an all-reduce's requantized chunk at the upper half (`reduced_offset`)."""
 
-    payload: PayloadLayout  # the first step
+    payload: PayloadLayout  # what the first kernel writes
     gather_bits: int
-
-    @classmethod
-    def of(cls, numel, world_size: int, config: FlashCommConfig) -> "SymmetricLayout":
-        return cls(PayloadLayout.of(numel, world_size, config), config.gather_bits)
+    reduced_offset: int  # the upper half of the workspace
 
     @property
     def stride(self) -> int:
-        """Bytes from one first-step chunk to the next."""
-        return _align(self.payload.chunk_bytes)
+        return chunk_stride(self.payload)
 
     @property
     def reduced(self) -> PayloadLayout:
         return self.payload.with_bits(self.gather_bits)
 
-    @property
-    def reduced_offset(self) -> int:
-        return self.payload.world_size * self.stride
-
-    @property
-    def total_bytes(self) -> int:
-        return self.reduced_offset + _align(self.reduced.chunk_bytes)
-
     def payload_in(self, buffer: torch.Tensor) -> torch.Tensor:
-        """The first-step chunks in a rank's uint8 buffer: [W, stride], chunk r in row r."""
-        return buffer[:self.reduced_offset].view(self.payload.world_size, self.stride)
+        """The chunks in a rank's uint8 buffer: [W, stride], chunk r in row r."""
+        return buffer[:self.payload.world_size * self.stride].view(self.payload.world_size, self.stride)
 
     def reduced_in(self, buffer: torch.Tensor) -> torch.Tensor:
         """The rank's requantized chunk in its buffer: [1, chunk bytes]."""
@@ -78,6 +85,11 @@ class Workspace:
     buffer: torch.Tensor  # uint8
     handle: object  # torch's _SymmetricMemory: rank
     table: torch.Tensor  # int64, `address_table`
+
+    @property
+    def upper(self) -> int:
+        """Where the buffer's upper half starts (sizes are powers of two: 16-byte aligned)."""
+        return self.buffer.numel() // 2
 
 
 _workspaces: dict[tuple[str, int], Workspace] = {}

@@ -21,6 +21,14 @@ PIPELINE_CASES = dict(
     rotate=st.booleans())
 
 
+# sequence parallelism's reduce-scatter and all-gather of W ranks' [W * rows, width] activations: @given(**HALVES_CASES)
+HALVES_CASES = dict(
+    world=st.integers(2, 4), rows=st.integers(1, 3), width=st.integers(1, 200), dtype=st.sampled_from(DTYPES),
+    distribution=st.sampled_from(DISTRIBUTIONS), seed=st.integers(0, 2**31 - 1), reduce_bits=st.sampled_from(BITS),
+    gather_bits=st.sampled_from(BITS), group_size=st.sampled_from(GROUP_SIZES), spike=st.booleans(),
+    rotate=st.booleans())
+
+
 def interpreter_misreads(device: str, dtype: torch.dtype, distribution: str) -> bool:
     """Triton's CPU interpreter converts subnormal bfloat16 values to float32 wrongly (-1.05e-38 reads as -9.18e-39):
     such inputs can only be checked against the reference on a GPU."""
@@ -55,3 +63,17 @@ def activations(draw, world_size: int = 1, max_numel: int = 3000):
     distribution = draw(st.sampled_from(DISTRIBUTIONS))
     seed = draw(st.integers(0, 2**31 - 1))
     return make_activation(numel, dtype, distribution, seed, world_size)
+
+
+def halves_config(reduce_bits: int, gather_bits: int, group_size: int, spike: bool, rotate: bool):
+    from flashcomm_compile.config import FlashCommConfig
+
+    return FlashCommConfig(reduce_bits=reduce_bits, gather_bits=gather_bits, group_size=group_size,
+                           spike_reserve=spike, rotation="hadamard" if rotate else "none")
+
+
+def halves_inputs(world: int, rows: int, width: int, dtype: torch.dtype, distribution: str,
+                  seed: int) -> list[torch.Tensor]:
+    """Each rank's [W * rows, width] activation."""
+    return [make_activation(world * rows * width, dtype, distribution, seed + r, world).reshape(world * rows, width)
+            for r in range(world)]

@@ -40,7 +40,7 @@ GROUP_PER_THREAD_MAX = 128  # larger groups would not fit one thread's registers
 
 LAUNCH = {"quantize": Launch(4096, 4, 2), "dequant_sum_requant": Launch(4096, 4),
           "dequantize": Launch(8192, 4, 1), "dequant_sum_requant_peers": Launch(2048, 4),
-          "dequantize_peers": Launch(2048, 4, 1)}
+          "dequantize_peers": Launch(2048, 4, 1), "dequant_sum_peers": Launch(2048, 4)}
 
 
 def parse_launch(spec: str) -> dict[str, Launch]:

@@ -459,16 +459,24 @@ def dequant_sum_requant_peers_kernel(table_high, table_low, in_offset, out_offse
 
 
 @triton.jit
-def _dequantize_groups(payload, out, numel, source, group, groups_per_chunk, valid, BITS: tl.constexpr,
-                       G: tl.constexpr, SPIKE: tl.constexpr, ROTATE: tl.constexpr, BLOCK_G: tl.constexpr,
-                       PER_THREAD: tl.constexpr):
-    """Groups `group` of chunk `source` (at `payload`) into their place in `out` (rotated back)."""
+def _dequantized(payload, group, groups_per_chunk, valid, BITS: tl.constexpr, G: tl.constexpr, SPIKE: tl.constexpr,
+                 ROTATE: tl.constexpr, BLOCK_G: tl.constexpr, PER_THREAD: tl.constexpr):
+    """Groups `group` of the chunk at `payload` as float32 [BLOCK_G, G] (rotated back), not yet saturated."""
     u8, f32, i16 = _views(payload)
     TIMES: tl.constexpr = 1.0 / G if ROTATE else 1.0  # rotated: G * H (v / G), the 1/G per group (reference.unrotate)
     values = _load_groups(u8, f32, i16, tl.zeros((BLOCK_G,), tl.int64), group, groups_per_chunk, valid, BITS, G,
                           SPIKE, BLOCK_G, PER_THREAD, TIMES)
     if ROTATE:
         values = _butterflies(values, G, BLOCK_G) * G
+    return values
+
+
+@triton.jit
+def _dequantize_groups(payload, out, numel, source, group, groups_per_chunk, valid, BITS: tl.constexpr,
+                       G: tl.constexpr, SPIKE: tl.constexpr, ROTATE: tl.constexpr, BLOCK_G: tl.constexpr,
+                       PER_THREAD: tl.constexpr):
+    """Groups `group` of chunk `source` (at `payload`) into their place in `out` (rotated back)."""
+    values = _dequantized(payload, group, groups_per_chunk, valid, BITS, G, SPIKE, ROTATE, BLOCK_G, PER_THREAD)
     start = (source * groups_per_chunk + group).to(tl.int64) * G
     if out.dtype.element_ty == tl.float16:  # saturated at the output dtype's maximum, as reference.dequantize
         values = _saturate(values, FLOAT16_MAX)
@@ -491,18 +499,49 @@ def dequantize_kernel(payload, out, numel, groups_per_chunk, chunk_bytes, WORLD:
                        group < groups_per_chunk, BITS, G, SPIKE, ROTATE, BLOCK_G, PER_THREAD)
 
 
-@triton.jit
-def dequantize_peers_kernel(table_high, table_low, in_offset, out, token, numel, groups_per_chunk,
+@triton.jit(do_not_specialize=["rank"])  # one binary for every rank: see _barrier_when_last
+def dequantize_peers_kernel(table_high, table_low, in_offset, out, rank, token, numel, groups_per_chunk,
                             WORLD: tl.constexpr, BITS: tl.constexpr, G: tl.constexpr, SPIKE: tl.constexpr,
-                            ROTATE: tl.constexpr, BLOCK_G: tl.constexpr, PER_THREAD: tl.constexpr):
-    """dequantize_kernel reading chunk c straight from rank c's buffer (the all-gather folded into the loads).
+                            ROTATE: tl.constexpr, BLOCK_G: tl.constexpr, PER_THREAD: tl.constexpr,
+                            BARRIER: tl.constexpr):
+    """dequantize_kernel reading chunk c straight from rank c's buffer (the all-gather folded into the loads), then
+    (BARRIER: the all-gather's, whose chunks lie where the next collective writes first) a barrier.
     Program p handles block p // W of chunk p % W: consecutive programs read different ranks, so the local chunk's
     loads (HBM) and the peers' (NVLink) run side by side rather than one after the other."""
+    table = _table(table_high, table_low)
     source = tl.program_id(0) % WORLD
     group = tl.program_id(0) // WORLD * BLOCK_G + tl.arange(0, BLOCK_G)
-    _dequantize_groups(_peer_chunk(_table(table_high, table_low), source, in_offset), out, numel, source, group,
-                       groups_per_chunk, group < groups_per_chunk, BITS, G, SPIKE, ROTATE, BLOCK_G, PER_THREAD)
+    _dequantize_groups(_peer_chunk(table, source, in_offset), out, numel, source, group, groups_per_chunk,
+                       group < groups_per_chunk, BITS, G, SPIKE, ROTATE, BLOCK_G, PER_THREAD)
     _mark(token)
+    if BARRIER:
+        _barrier_when_last(table, 1, rank, WORLD)
+
+
+@triton.jit(do_not_specialize=["rank"])  # one binary for every rank: see _barrier_when_last
+def dequant_sum_peers_kernel(table_high, table_low, in_offset, out, rank, token, width, groups_per_chunk,
+                             WORLD: tl.constexpr, BITS: tl.constexpr, G: tl.constexpr, SPIKE: tl.constexpr,
+                             ROTATE: tl.constexpr, BLOCK_G: tl.constexpr, PER_THREAD: tl.constexpr,
+                             BARRIER: tl.constexpr):
+    """The reduce-scatter's second kernel: the chunk every rank holds `in_offset` bytes into its buffer, each
+    dequantized into float32 (saturated as a float32 dequantize is) and summed in rank order, the first `width`
+    values into `out` in its dtype; then (BARRIER) a barrier: the chunks lie where the next collective writes
+    first."""
+    table = _table(table_high, table_low)
+    group = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
+    valid = group < groups_per_chunk
+    total = tl.zeros((BLOCK_G, G), tl.float32)
+    for source in tl.static_range(WORLD):
+        values = _dequantized(_peer_chunk(table, source, in_offset), group, groups_per_chunk, valid, BITS, G, SPIKE,
+                              ROTATE, BLOCK_G, PER_THREAD)
+        if ROTATE:
+            values = _saturate(values, FLOAT32_MAX)
+        total = values if source == 0 else total + values
+    offsets = group.to(tl.int64)[:, None] * G + tl.arange(0, G)[None, :]
+    tl.store(out + offsets, total.to(out.dtype.element_ty), mask=valid[:, None] & (offsets < width))
+    _mark(token)
+    if BARRIER:
+        _barrier_when_last(table, 1, rank, WORLD)
 
 
 @triton.jit
@@ -560,7 +599,8 @@ def _launch(name: str, layout: PayloadLayout) -> tuple[int, int, bool]:
     """Groups per program, warps, and whether each thread holds whole groups (the kernels' PER_THREAD) of kernel
     `name`: one group per thread where it takes whole groups in registers (see _runs): the quantize with rotation or
     spikes, the dequantizes with rotation, groups up to GROUP_PER_THREAD_MAX values; the dequant-sum-requantize never
-    (its tile is the same with or without rotation)."""
+    (its tile is the same with or without rotation), nor the reduce-scatter's dequant-sum (a running sum beside
+    each dequantized group would not fit one thread's registers)."""
     launch = LAUNCH[name]
     whole = (layout.rotate or layout.spike_reserve) if name == "quantize" else (
         layout.rotate and name.startswith("dequantize"))
@@ -601,17 +641,18 @@ def dequantize(gathered: torch.Tensor, layout: PayloadLayout, dtype: torch.dtype
 
 
 def quantize_symm(x: torch.Tensor, table_address: int, rank: int, stride: int, layout: PayloadLayout,
-                  after: torch.Tensor, token: torch.Tensor, barrier: bool = True) -> None:
+                  after: torch.Tensor, token: torch.Tensor, barrier: bool = True, world: int | None = None) -> None:
     """quantize into this rank's symmetric buffer (`table_address`: the workspace's address table), chunk c at
-    c * stride bytes, once `after` is written, then wait for every rank to have done so (without `barrier`: for
-    ranks simulated one after another, under Triton's interpreter); writes `token`."""
+    c * stride bytes, once `after` is written, then wait for every rank of the `world` (the layout's chunks unless
+    given) to have done so (without `barrier`: for ranks simulated one after another, under Triton's interpreter);
+    writes `token`."""
     total_groups = layout.world_size * layout.groups_per_chunk
     block, warps, per_thread = _launch("quantize", layout)
     wrap_triton(quantize_symm_kernel)[(triton.cdiv(total_groups, block),)](
         x.contiguous(), *_address(table_address), rank, after, token, x.numel(), total_groups,
         layout.groups_per_chunk, stride // 16, BITS=layout.bits, G=layout.group_size, SPIKE=layout.spike_reserve,
-        ROTATE=layout.rotate, BLOCK_G=block, PER_THREAD=per_thread, WORLD=layout.world_size, BARRIER=barrier,
-        num_warps=warps)
+        ROTATE=layout.rotate, BLOCK_G=block, PER_THREAD=per_thread, WORLD=world or layout.world_size,
+        BARRIER=barrier, num_warps=warps)
 
 
 def dequant_sum_requant_peers(table_address: int, in_offset: int, out_offset: int, rank: int, layout: PayloadLayout,
@@ -627,13 +668,27 @@ def dequant_sum_requant_peers(table_address: int, in_offset: int, out_offset: in
 
 
 def dequantize_peers(table_address: int, offset: int, layout: PayloadLayout, dtype: torch.dtype, shape,
-                     token: torch.Tensor) -> torch.Tensor:
-    """dequantize of the chunks every rank holds `offset` bytes into its symmetric buffer; writes `token`."""
+                     token: torch.Tensor, rank: int = 0, barrier: bool = False) -> torch.Tensor:
+    """dequantize of the chunks every rank holds `offset` bytes into its symmetric buffer, then (`barrier`, as this
+    `rank`) wait for every rank to have done so; writes `token`."""
     out = torch.empty(shape, dtype=dtype, device=token.device)
     block, warps, per_thread = _launch("dequantize_peers", layout)
     wrap_triton(dequantize_peers_kernel)[(triton.cdiv(layout.groups_per_chunk, block) * layout.world_size,)](
-        *_address(table_address), offset, out, token, layout.numel, layout.groups_per_chunk, WORLD=layout.world_size,
-        BITS=layout.bits, G=layout.group_size, SPIKE=layout.spike_reserve, ROTATE=layout.rotate, BLOCK_G=block,
-        PER_THREAD=per_thread, num_warps=warps)
+        *_address(table_address), offset, out, rank, token, layout.numel, layout.groups_per_chunk,
+        WORLD=layout.world_size, BITS=layout.bits, G=layout.group_size, SPIKE=layout.spike_reserve,
+        ROTATE=layout.rotate, BLOCK_G=block, PER_THREAD=per_thread, BARRIER=barrier, num_warps=warps)
     return out
 
+
+def dequant_sum_peers(table_address: int, offset: int, rank: int, layout: PayloadLayout, dtype: torch.dtype, shape,
+                      token: torch.Tensor, barrier: bool = True) -> torch.Tensor:
+    """The reduce-scatter's sum: the chunk every rank holds `offset` bytes into its symmetric buffer, dequantized
+    and summed into a tensor of `shape` (its first values; `dtype`), then wait for every rank to have done so (see
+    quantize_symm); writes `token`."""
+    out = torch.empty(shape, dtype=dtype, device=token.device)
+    block, warps, per_thread = _launch("dequant_sum_peers", layout)
+    wrap_triton(dequant_sum_peers_kernel)[(triton.cdiv(layout.groups_per_chunk, block),)](
+        *_address(table_address), offset, out, rank, token, out.numel(), layout.groups_per_chunk,
+        WORLD=layout.world_size, BITS=layout.bits, G=layout.group_size, SPIKE=layout.spike_reserve,
+        ROTATE=layout.rotate, BLOCK_G=block, PER_THREAD=per_thread, BARRIER=barrier, num_warps=warps)
+    return out

@@ -59,7 +59,7 @@ def transport(site: Site, config: FlashCommConfig) -> tuple[str | None, str]:
         if not on_gpu and assumed is None:
             return None, f"transport symm_mem needs CUDA tensors, not {site.value.device.type}"
         return "symm_mem", "transport symm_mem"
-    if config.chunks > 1:
+    if config.chunks > 1 and site.kind == "all-reduce":
         return "nccl", "auto: pieces need NCCL's collectives"
     if assumed is not None:
         if assumed.endswith("|p2p-disabled"):
@@ -96,17 +96,19 @@ def quantized_all_reduce(site: Site, config: FlashCommConfig) -> Decision:
 
 
 def quantized_half(site: Site, config: FlashCommConfig) -> Decision:
-    """Sequence parallelism's reduce-scatter or all-gather, as one half of the pipeline over NCCL's collectives. Only
-    mode "always" rewrites it: no two-GPU run has timed it against NCCL yet, and the default options must never make
-    a model slower."""
+    """Sequence parallelism's reduce-scatter or all-gather, as one half of the pipeline, over the transport chosen as
+    for an all-reduce. Only mode "always" rewrites it: no two-GPU run has timed it against NCCL yet, and the default
+    options must never make a model slower."""
     ineligible = eligibility(site)
     if ineligible is not None:
         return ineligible
     if config.mode != "always":
         return keep(f"mode {config.mode}" + ("" if config.mode == "never" else
                     f": no {site.kind} has been timed against NCCL yet (mode always rewrites it)"))
-    why = f"the {site.kind} has no symm_mem kernels yet" if config.transport == "symm_mem" else f"{site.kind}"
-    return Decision(True, "mode always", "nccl", f"{why}: NCCL between the kernels")
+    chosen, why = transport(site, config)
+    if chosen is None:
+        return keep(why)
+    return Decision(True, "mode always", chosen, why)
 
 
 def _by_threshold(site: Site, threshold: int, name: str, prediction, chosen: str, why: str,

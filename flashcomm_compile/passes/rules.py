@@ -11,7 +11,7 @@ import torch
 from torch._inductor.pattern_matcher import CallFunction, KeywordArg, PatternExpr
 
 from ..config import FlashCommConfig
-from ..lowering import Lowered, lowered_half, lowered_pipeline
+from ..lowering import Lowered, lowered_pipeline
 from . import guards
 from .site import Site
 
@@ -32,14 +32,10 @@ class Rule:
     replacement: Callable[[Site, FlashCommConfig, guards.Decision], Lowered]
 
 
-def quantized_all_reduce(site: Site, config: FlashCommConfig, decision: guards.Decision) -> Lowered:
-    """The two-step pipeline over the transport the guard chose."""
+def quantized(site: Site, config: FlashCommConfig, decision: guards.Decision) -> Lowered:
+    """The site's kind of quantized pipeline (the two-step all-reduce, or one of its halves) over the transport the
+    guard chose."""
     return lowered_pipeline(site, config, decision.transport)
-
-
-def quantized_half(site: Site, config: FlashCommConfig, decision: guards.Decision) -> Lowered:
-    """The reduce-scatter's or the all-gather's half of the pipeline, over NCCL."""
-    return lowered_half(site, config)
 
 
 def _waited(collective, *args: str) -> PatternExpr:
@@ -51,7 +47,7 @@ QUANTIZED_ALL_REDUCE = Rule(
     collective=ALL_REDUCE,
     pattern=_waited(ALL_REDUCE, "inp", "reduce_op", "group_name"),
     guard=guards.quantized_all_reduce,
-    replacement=quantized_all_reduce,
+    replacement=quantized,
 )
 
 QUANTIZED_REDUCE_SCATTER = Rule(
@@ -59,7 +55,7 @@ QUANTIZED_REDUCE_SCATTER = Rule(
     collective=REDUCE_SCATTER,
     pattern=_waited(REDUCE_SCATTER, "inp", "reduce_op", "group_size", "group_name"),
     guard=guards.quantized_half,
-    replacement=quantized_half,
+    replacement=quantized,
 )
 
 QUANTIZED_ALL_GATHER = Rule(
@@ -67,7 +63,7 @@ QUANTIZED_ALL_GATHER = Rule(
     collective=ALL_GATHER,
     pattern=_waited(ALL_GATHER, "inp", "group_size", "group_name"),
     guard=guards.quantized_half,
-    replacement=quantized_half,
+    replacement=quantized,
 )
 
 RULES: tuple[Rule, ...] = (QUANTIZED_ALL_REDUCE, QUANTIZED_REDUCE_SCATTER, QUANTIZED_ALL_GATHER)

@@ -152,15 +152,16 @@ def test_dynamic_shapes_show_the_symbolic_size():
     assert odd.sites[0].padding.endswith("masked in the kernels") and "s" in odd.sites[0].padding
 
 
+def _scatter_then_gather(x):
+    import torch.distributed as dist
+    import torch.distributed._functional_collectives as funcol
+
+    y = funcol.reduce_scatter_tensor(x, "sum", 0, dist.group.WORLD)
+    return funcol.all_gather_tensor(y * 2, 0, dist.group.WORLD)
+
+
 def test_sequence_parallel_sites_show_their_kind_and_one_step_each():
-    def f(x):
-        import torch.distributed as dist
-        import torch.distributed._functional_collectives as funcol
-
-        y = funcol.reduce_scatter_tensor(x, "sum", 0, dist.group.WORLD)
-        return funcol.all_gather_tensor(y * 2, 0, dist.group.WORLD)
-
-    report = flashcomm_compile.inspect(f, torch.randn(8, 200), world_size=2, mode="always")
+    report = flashcomm_compile.inspect(_scatter_then_gather, torch.randn(8, 200), world_size=2, mode="always")
     scatter, gather = report.sites
     assert (scatter.kind, scatter.decision, gather.kind, gather.decision) == (
         "reduce-scatter", "rewritten", "all-gather", "rewritten")
@@ -173,6 +174,19 @@ def test_sequence_parallel_sites_show_their_kind_and_one_step_each():
     assert scatter.wire_bits_per_value == 4.5 and gather.wire_bits_per_value == 8.5
     assert report.totals()["wire_bytes_flashcomm"] == 2 * 7 * (72 + 136)
     assert "reduce-scatter" in report.to_text() and json.loads(report.to_json())["sites"][1]["kind"] == "all-gather"
+
+
+def test_sequence_parallel_sites_take_the_transport_an_all_reduce_would():
+    """For GPUs that map each other's memory the halves go over symm_mem (configured or chosen by "auto"); with
+    P2P disabled, over NCCL. Mode "auto" keeps them: none has been timed against NCCL."""
+    for transport, hardware, chosen in (("symm_mem", "default", "symm_mem"), ("auto", "default", "symm_mem"),
+                                        ("auto", "p2p-disabled", "nccl")):
+        report = flashcomm_compile.inspect(_scatter_then_gather, torch.randn(8, 200), world_size=2, mode="always",
+                                           transport=transport, hardware=f"NVIDIA H100 80GB HBM3|{hardware}")
+        assert [(s.decision, s.transport) for s in report.sites] == [("rewritten", chosen)] * 2
+    kept = flashcomm_compile.inspect(_scatter_then_gather, torch.randn(8, 200), world_size=2, mode="auto",
+                                     hardware="NVIDIA H100 80GB HBM3|default")
+    assert all(s.decision == "kept" and "has been timed against NCCL" in s.reason for s in kept.sites)
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

@@ -28,7 +28,7 @@ def written(kernel, tensors: dict, scalars: dict) -> list[str]:
 def _report(k, bits: int, table: dict, values, token):
     """(kernel, the arguments it is seen to write) of each kernel at `bits`, rotated and plain."""
     quantize = dict(BITS=bits, G=128, SPIKE=False, BLOCK_G=32, numel=4096, total_groups=32, groups_per_chunk=16)
-    dequantize = dict(BITS=bits, G=128, SPIKE=False, BLOCK_G=32, numel=4096, groups_per_chunk=16, WORLD=2)
+    dequantize = dict(BITS=bits, G=128, SPIKE=False, BLOCK_G=32, groups_per_chunk=16, WORLD=2)
     reduce = dict(IN_BITS=bits, OUT_BITS=bits, G=128, SPIKE=False, BLOCK_G=32, groups_per_chunk=16, WORLD=2)
     for rotate in (False, True):
         shape = dict(ROTATE=rotate, PER_THREAD=rotate)
@@ -40,10 +40,14 @@ def _report(k, bits: int, table: dict, values, token):
             dict(quantize, **table, rank=0, stride16=128, WORLD=2, BARRIER=True, **shape))
         yield f"dequantize rotate={rotate}", written(
             k.dequantize_kernel, dict(payload=torch.empty(4096, dtype=torch.uint8), out=values()),
-            dict(dequantize, chunk_bytes=2048, **shape))
-        yield f"dequantize_peers rotate={rotate}", written(
-            k.dequantize_peers_kernel, dict(out=values(), token=token()),
-            dict(dequantize, **table, in_offset=0, **shape))
+            dict(dequantize, numel=4096, chunk_bytes=2048, **shape))
+        for barrier in (False, True):
+            yield f"dequantize_peers rotate={rotate} barrier={barrier}", written(
+                k.dequantize_peers_kernel, dict(out=values(), token=token()),
+                dict(dequantize, **table, numel=4096, in_offset=0, rank=0, BARRIER=barrier, **shape))
+        yield f"dequant_sum_peers rotate={rotate}", written(
+            k.dequant_sum_peers_kernel, dict(out=values(), token=token()),
+            dict(dequantize, **table, in_offset=0, rank=0, width=2048, ROTATE=rotate, PER_THREAD=False, BARRIER=True))
     yield "dequant_sum_requant", written(
         k.dequant_sum_requant_kernel, dict(received=torch.empty(4096, dtype=torch.uint8),
                                            out=torch.empty(4096, dtype=torch.uint8)),

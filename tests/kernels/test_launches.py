@@ -35,7 +35,7 @@ def test_parse_launch_names_the_bad_item(spec):
 def test_every_kernel_has_a_launch_that_holds_whole_groups():
     assert triton_kernels.LAUNCH is LAUNCH
     assert set(LAUNCH) == {"quantize", "dequant_sum_requant", "dequantize", "dequant_sum_requant_peers",
-                           "dequantize_peers"}
+                           "dequantize_peers", "dequant_sum_peers"}
     for launch in LAUNCH.values():
         assert launch.block_groups(1024) >= 1 and launch.block_groups(32) * 32 <= max(launch.elements, 32)
 

@@ -28,6 +28,8 @@ def test_each_kernel_is_seen_to_write_only_its_outputs_and_token():
             assert written[f"quantize rotate={rotate} bits={bits}"] == ["payload"]
             assert written[f"quantize_symm rotate={rotate} bits={bits}"] == ["token"]
             assert written[f"dequantize rotate={rotate} bits={bits}"] == ["out"]
-            assert written[f"dequantize_peers rotate={rotate} bits={bits}"] == ["out", "token"]
+            for barrier in (False, True):
+                assert written[f"dequantize_peers rotate={rotate} barrier={barrier} bits={bits}"] == ["out", "token"]
+            assert written[f"dequant_sum_peers rotate={rotate} bits={bits}"] == ["out", "token"]
         assert written[f"dequant_sum_requant bits={bits}"] == ["out"]
         assert written[f"dequant_sum_requant_peers bits={bits}"] == ["token"]

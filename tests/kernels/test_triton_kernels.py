@@ -14,14 +14,12 @@ import os
 import pytest
 import torch
 from hypothesis import assume, given
-from hypothesis import strategies as st
 
 from flashcomm_compile.kernels import reference
 from flashcomm_compile.kernels.bounds import pipeline_error_bound
 from flashcomm_compile.kernels.layout import PayloadLayout
-from flashcomm_compile.config import FlashCommConfig
 from flashcomm_compile.pipeline import simulate, simulate_halves
-from tests.strategies import (BITS, DISTRIBUTIONS, DTYPES, GROUP_SIZES, PIPELINE_CASES, interpreter_misreads,
+from tests.strategies import (HALVES_CASES, PIPELINE_CASES, halves_config, halves_inputs, interpreter_misreads,
                               make_activation)
 
 DEVICES = [
@@ -38,7 +36,7 @@ def _triton():
     return triton_kernels
 
 
-def _ulp_close(a: torch.Tensor, b: torch.Tensor) -> bool:
+def ulp_close(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Equal, or one unit in the last place apart (NaN matching NaN)."""
     a64, b64 = a.double(), b.double()
     both_nan = a64.isnan() & b64.isnan()
@@ -76,7 +74,7 @@ def test_kernels_match_reference_and_bound(device, world, dtype, distribution, n
     bound = pipeline_error_bound([s.cpu() for s in got.sent], got.gathered.cpu(), layout, gather_bits, dtype, out)
     assert torch.all((out.double() - exact).abs() <= bound.double())
     if device == "cpu":
-        assert _ulp_close(out, expected.outputs[0])
+        assert ulp_close(out, expected.outputs[0])
     else:  # both lie within the bound of the exact sum, so within twice the bound of each other
         difference = (out.double() - expected.outputs[0].double()).abs()
         assert torch.all((difference <= 2 * bound.double()) | (out.isnan() & expected.outputs[0].isnan()))
@@ -158,20 +156,15 @@ def test_codes_round_halfway_values_to_even(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@given(world=st.integers(2, 4), rows=st.integers(1, 3), width=st.integers(1, 200), dtype=st.sampled_from(DTYPES),
-       distribution=st.sampled_from(DISTRIBUTIONS), seed=st.integers(0, 2**31 - 1), reduce_bits=st.sampled_from(BITS),
-       gather_bits=st.sampled_from(BITS), group_size=st.sampled_from(GROUP_SIZES), spike=st.booleans(),
-       rotate=st.booleans())
+@given(**HALVES_CASES)
 def test_sequence_parallel_halves_match_reference(device, world, rows, width, dtype, distribution, seed, reduce_bits,
                                                   gather_bits, group_size, spike, rotate):
     """The reduce-scatter's and the all-gather's kernel paths (one-chunk quantize, dequantize into float32 rows) on
     simulated ranks give the reference's values (the reference's bounds are tested on gloo ranks:
     tests/passes/test_sequence_parallel.py)."""
     assume(not interpreter_misreads(device, dtype, distribution))
-    config = FlashCommConfig(reduce_bits=reduce_bits, gather_bits=gather_bits, group_size=group_size,
-                             spike_reserve=spike, rotation="hadamard" if rotate else "none")
-    inputs = [make_activation(world * rows * width, dtype, distribution, seed + r, world).reshape(world * rows, width)
-              for r in range(world)]
+    config = halves_config(reduce_bits, gather_bits, group_size, spike, rotate)
+    inputs = halves_inputs(world, rows, width, dtype, distribution, seed)
     expected = simulate_halves(reference, inputs, config)
     got = simulate_halves(_triton(), [x.to(device) for x in inputs], config)
     # on a GPU a code may move by one at an exact tie: one step, at most 2 max|x| / (2^b - 1), in each rank's copy
@@ -181,6 +174,6 @@ def test_sequence_parallel_halves_match_reference(device, world, rows, width, dt
         have = have.cpu()
         assert have.shape == want.shape
         if device == "cpu":
-            assert _ulp_close(have, want)
+            assert ulp_close(have, want)
         else:
             assert torch.allclose(have.double(), want.double(), rtol=1e-2, atol=(world + 1) * step, equal_nan=True)
