@@ -12,6 +12,8 @@ wait for this rank alone), compiled by Inductor as the pass lowers it. Two versi
   what rotation adds to a symm_mem all-reduce, without the NVLink transfers a second GPU would add to both);
 - "INT6/INT6" and "INT6/INT6, rotated": the same bytes on the wire as INT4/INT8 in an equal split, its codes stored
   as two bit planes (4 + 2).
+- "reduce-scatter" and "all-gather": sequence parallelism's halves alone (two launches each, both ending in a
+  barrier), INT4 and INT8 codes as the INT4/INT8 all-reduce's steps; with W = 1 each keeps the input's shape.
 
 Each version is a chain of CHAIN all-reduces (each one's output times 0.5 the next one's input, as
 benchmarks/allreduce.py chains them) called back to back without CUDA graphs; "chain alone" is the same chain
@@ -32,7 +34,7 @@ from benchmarks.common import compile_every_variant, environment, print_table, w
 from benchmarks.kernel_bandwidth import load_kernels
 from flashcomm_compile.config import FlashCommConfig
 from flashcomm_compile.kernels import triton_kernels
-from flashcomm_compile.pipeline import SymmetricPipeline
+from flashcomm_compile.pipeline import SymmetricAllGather, SymmetricPipeline, SymmetricReduceScatter
 from flashcomm_compile.kernels.address_table import address_table
 from flashcomm_compile.kernels.layout import PayloadLayout
 from flashcomm_compile.symmetric import MAX_WORLD_SIZE, SymmetricLayout, workspace_bytes
@@ -115,6 +117,8 @@ def main() -> None:
     variants["INT6/INT6"] = chained(workspace.pipeline(EQUAL_SPLIT))
     variants["INT6/INT6, rotated"] = chained(workspace.pipeline(dataclasses.replace(EQUAL_SPLIT,
                                                                                      rotation="hadamard")))
+    variants["reduce-scatter"] = chained(SymmetricReduceScatter(CONFIG, 1, workspace.table.data_ptr(), 0))
+    variants["all-gather"] = chained(SymmetricAllGather(CONFIG, 1, workspace.table.data_ptr(), 0))
     rows = []
     for tokens in TOKENS:
         x = torch.randn(tokens, HIDDEN, device=device, dtype=torch.bfloat16)
@@ -130,10 +134,10 @@ def main() -> None:
         print(f"  {tokens} tokens: " + ", ".join(f"{k} {v:.1f}" for k, v in row.items() if k.endswith(" us")),
               flush=True)
     env = environment()
-    print(f"symm_mem all-reduce with W = 1 on one {env['card']}, INT4/INT8 g128, per all-reduce of a chain of "
+    print(f"symm_mem collectives with W = 1 on one {env['card']}, INT4/INT8 g128, per collective of a chain of "
           f"{CHAIN}, torch {env['torch']}, Triton {env['triton']}, {env['date']}")
     print_table(rows, list(rows[0]))
-    write_json(f"host_cost_{env['card'].replace(' ', '_')}_w1.json",
+    write_json(f"host_cost_{env['card'].replace(' ', '_')}_w1_{env['date'][:10]}.json",
                dict(environment=env, chain=CHAIN, config=str(CONFIG), rows=rows))
 
 

@@ -1,5 +1,6 @@
 """The symmetric-memory workspace's bookkeeping, without GPUs: `_create` (the collective allocation) is replaced by
-a plain tensor, so what is tested is when a workspace is made, how big, and what is kept alive."""
+a plain tensor, so what is tested is when a workspace is made, how big, what is kept alive, and where in it each
+collective's data lies."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ import threading
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from flashcomm_compile import symmetric
+from tests.strategies import BITS, GROUP_SIZES
 
 
 @pytest.fixture
@@ -54,3 +58,48 @@ def test_outside_graph_pools_runs_on_another_thread_and_reraises():
 
     with pytest.raises(ValueError, match="rendezvous failed"):
         symmetric._outside_graph_pools(torch.device("cpu"), fail)
+
+
+@settings(deadline=None)
+@given(sites=st.lists(st.tuples(st.sampled_from(["all-reduce", "reduce-scatter", "all-gather"]),
+                                st.integers(1, 3_000_000)), min_size=1, max_size=6),
+       world=st.integers(2, 8), reduce_bits=st.sampled_from(BITS), gather_bits=st.sampled_from(BITS),
+       group_size=st.sampled_from(GROUP_SIZES), spike=st.booleans())
+def test_collectives_write_the_lower_half_first_and_an_all_reduce_reads_the_upper(sites, world, reduce_bits,
+                                                                                   gather_bits, group_size, spike):
+    """Whatever the kinds and sizes of consecutive collectives on one workspace: what each writes before its first
+    barrier lies in the lower half of the buffer it was given, an all-reduce's requantized chunk (read after its last
+    barrier) in the upper half. The order that makes safe is argued in symmetric.py."""
+    from types import SimpleNamespace
+
+    from flashcomm_compile.config import FlashCommConfig
+    from flashcomm_compile.lowering import SYMMETRIC_PIPELINES
+    from flashcomm_compile.pipeline import gather_layout, scatter_layout
+    from flashcomm_compile.symmetric import chunk_stride
+
+    config = FlashCommConfig(reduce_bits=reduce_bits, gather_bits=gather_bits, group_size=group_size,
+                             spike_reserve=spike, transport="symm_mem")
+    buffers = {}
+
+    def create(group_name, device, size):
+        table = torch.zeros(1, dtype=torch.int64)
+        buffers[table.data_ptr()] = size
+        return symmetric.Workspace(torch.empty(size, dtype=torch.uint8), SimpleNamespace(rank=0), table)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(symmetric, "_create", create)
+        patch.setattr(symmetric, "_workspaces", {})
+        patch.setattr(symmetric, "_outgrown", [])
+        for kind, numel in sites:
+            collective = SYMMETRIC_PIPELINES[kind].over("g", torch.device("cpu"), numel, world, config)
+            size = buffers[collective.table_address]
+            if kind == "all-reduce":
+                layout = collective.layout(numel)
+                first = world * layout.stride
+                assert layout.reduced_offset == size // 2
+                assert size // 2 + layout.reduced.chunk_bytes <= size
+            elif kind == "reduce-scatter":
+                first = world * chunk_stride(scatter_layout(numel, world, config))
+            else:
+                first = chunk_stride(gather_layout(numel, config))
+            assert first <= size // 2 and (size // 2) % 16 == 0
