@@ -58,6 +58,30 @@ def test_compiled_collective_is_its_kernels_and_the_eager_bytes(kind, rotation, 
 
 
 @pytest.mark.parametrize("kind", ["all-reduce", "reduce-scatter", "all-gather"])
+def test_one_dynamic_compile_serves_every_size(kind):
+    """Compiled with a symbolic number of rows (sizes whose chunks need padding too): one compile, the eager bytes
+    at each size."""
+    from torch._inductor import config as inductor_config
+    from torch._inductor.compile_fx import compile_fx
+
+    config = FlashCommConfig(reduce_bits=4, gather_bits=8, group_size=128, rotation="hadamard", transport="symm_mem")
+    workspace = _workspace(config, 3000 * 4160)
+    collective, _ = _collectives(config, workspace)[kind]
+    compiles = []
+
+    def inductor(gm, example_inputs):
+        compiles.append(gm)
+        return compile_fx(gm, example_inputs)
+
+    compiled = torch.compile(lambda t: collective(t)[0], backend=inductor, dynamic=True)
+    with inductor_config.patch(fx_graph_cache=False):
+        for rows in (64, 3000, 7):  # 4160 values a row: 32.5 groups, odd row counts pad the last chunk
+            x = torch.randn(rows, 4160, device="cuda", dtype=torch.bfloat16)
+            assert torch.equal(compiled(x), collective(x)[0]), rows
+    assert len(compiles) == 1
+
+
+@pytest.mark.parametrize("kind", ["all-reduce", "reduce-scatter", "all-gather"])
 def test_a_cuda_graph_replays_the_collective_on_new_inputs(kind):
     """Two collectives of the kind, ordered by their tokens, captured once and replayed on fresh inputs, against eager
     calls (their barriers on device: nothing of the host is needed between them)."""
