@@ -1,4 +1,5 @@
-"""Predicted time of an all-reduce on each path, from constants the all-reduce benchmark measured.
+"""Predicted time of an all-reduce on each path, from constants the all-reduce benchmark measured, and of
+sequence parallelism's reduce-scatter and all-gather, from the all-reduce's lines (none of them has been timed).
 
 Each path is modelled as latency + size / bandwidth (a line in microseconds against megabytes), fitted per GPU,
 link mode and world size by `benchmarks/fit_cost_model.py` into `cost_table.json` from GPU time in CUDA graphs.
@@ -129,3 +130,17 @@ def predict(device: torch.device, world_size: int, config: FlashCommConfig) -> P
     line = entry[config.variant]
     return Prediction(key, Line(**entry["nccl"]), Line(line["latency_us"] + host_us, line["us_per_mb"]), host_us,
                       line.get("predicted", ""))
+
+
+def for_kind(prediction: Prediction | None, kind: str, world_size: int) -> Prediction | None:
+    """The prediction for a collective of `kind` whose input has as many bytes as the all-reduce's: each path's
+    bandwidth term scaled by the share of an all-reduce's traffic the kind moves per input byte (a reduce-scatter
+    half of it, an all-gather, whose output is W inputs, W / 2), latency and host time kept (an overestimate where
+    the half issues fewer launches). Marked predicted: no reduce-scatter or all-gather has been timed."""
+    if prediction is None or kind == "all-reduce":
+        return prediction
+    share = {"reduce-scatter": 0.5, "all-gather": world_size / 2}[kind]
+    scaled = [Line(line.latency_us, line.us_per_mb * share) for line in (prediction.nccl, prediction.flashcomm)]
+    source = f"the all-reduce's lines x {share:g} a byte (no {kind} timed)"
+    return Prediction(prediction.hardware, *scaled, prediction.host_us,
+                      source + (f"; those {prediction.predicted}" if prediction.predicted else ""))

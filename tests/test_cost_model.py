@@ -23,6 +23,24 @@ def test_never_faster_when_its_bandwidth_is_not_better():
     assert math.isinf(Prediction("x", Line(100.0, 5.0), Line(50.0, 5.0)).threshold_bytes)
 
 
+@pytest.mark.parametrize("world", [2, 4, 8])
+def test_halves_are_predicted_from_the_all_reduce_by_the_traffic_they_move(world):
+    """Ring all-reduce = reduce-scatter + all-gather: a reduce-scatter of n bytes moves what half an all-reduce of n
+    does; an all-gather of n bytes a rank gathers W n, what half an all-reduce of W n does."""
+    measured = Prediction("H|default|w", Line(30.0, 8.0), Line(40.0, 3.0), host_us=5.0)
+    nbytes = 6e6
+    scatter = cost_model.for_kind(measured, "reduce-scatter", world)
+    gather = cost_model.for_kind(measured, "all-gather", world)
+    for path in ("nccl", "flashcomm"):
+        line = getattr(measured, path)
+        assert getattr(scatter, path).predict_us(nbytes) == pytest.approx(line.predict_us(nbytes / 2))
+        assert getattr(gather, path).predict_us(nbytes) == pytest.approx(line.predict_us(world * nbytes / 2))
+    assert scatter.host_us == gather.host_us == 5.0
+    assert "no reduce-scatter timed" in scatter.predicted and "no all-gather timed" in gather.predicted
+    assert cost_model.for_kind(measured, "all-reduce", world) is measured
+    assert cost_model.for_kind(None, "all-gather", world) is None
+
+
 def test_lookup_by_card_link_world_and_variant(monkeypatch):
     table = {"cpu|default|w2": {"nccl": dict(latency_us=10.0, us_per_mb=2.0),
                                 "INT4/INT8 g128": dict(latency_us=20.0, us_per_mb=1.0)}}

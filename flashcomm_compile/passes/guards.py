@@ -98,17 +98,20 @@ def quantized_all_reduce(site: Site, config: FlashCommConfig) -> Decision:
 def quantized_half(site: Site, config: FlashCommConfig) -> Decision:
     """Sequence parallelism's reduce-scatter or all-gather, as one half of the pipeline, over the transport chosen as
     for an all-reduce. Only mode "always" rewrites it: no two-GPU run has timed it against NCCL yet, and the default
-    options must never make a model slower."""
+    options must never make a model slower. "auto" keeps it with the times predicted from the all-reduce's lines."""
     ineligible = eligibility(site)
     if ineligible is not None:
         return ineligible
-    if config.mode != "always":
-        return keep(f"mode {config.mode}" + ("" if config.mode == "never" else
-                    f": no {site.kind} has been timed against NCCL yet (mode always rewrites it)"))
+    if config.mode == "never":
+        return keep("mode never")
     chosen, why = transport(site, config)
     if chosen is None:
         return keep(why)
-    return Decision(True, "mode always", chosen, why)
+    if config.mode == "always":
+        return Decision(True, "mode always", chosen, why)
+    prediction = cost_model.predict(site.value.device, site.world_size, config.with_transport(chosen))
+    return keep(f"mode auto: no {site.kind} has been timed against NCCL yet (mode always rewrites it)",
+                cost_model.for_kind(prediction, site.kind, site.world_size))
 
 
 def _by_threshold(site: Site, threshold: int, name: str, prediction, chosen: str, why: str,

@@ -187,6 +187,10 @@ def test_sequence_parallel_sites_take_the_transport_an_all_reduce_would():
     kept = flashcomm_compile.inspect(_scatter_then_gather, torch.randn(8, 200), world_size=2, mode="auto",
                                      hardware="NVIDIA H100 80GB HBM3|default")
     assert all(s.decision == "kept" and "has been timed against NCCL" in s.reason for s in kept.sites)
+    # times predicted from the all-reduce's lines, and said to be
+    assert all(s.predicted_us and "the all-reduce's lines" in s.cost_line for s in kept.sites)
+    # the reduce-scatter of 6400 bytes and the all-gather of 3200 a rank each move what an all-reduce of 3200 does
+    assert kept.sites[0].predicted_us == kept.sites[1].predicted_us
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
