@@ -254,11 +254,12 @@ def _chunk_offset(stride, rank: int):
 
 
 @dataclass(frozen=True)
-class SymmetricReduceScatter:
-    """The reduce-scatter over a symmetric-memory workspace: quantize every rank's chunk into this rank's buffer
-    (then the first barrier), then dequantize this rank's chunk from every rank's buffer and sum it (then the
-    second). Tokens order it among the workspace's collectives, as `SymmetricPipeline`'s do. `barrier` False: for
-    ranks simulated one after another (the tests, under Triton's interpreter)."""
+class SymmetricHalf:
+    """One half of the pipeline over a symmetric-memory workspace, as a subclass defines it: `payload` (what its
+    quantize writes), `quantize` into this rank's buffer, ending in the first barrier, then `collect`, which reads
+    the peers' chunks and ends in the second (the next collective writes where the chunks lie). Tokens order it
+    among the workspace's collectives, as `SymmetricPipeline`'s do. `barrier` False: for ranks simulated one after
+    another (the tests, under Triton's interpreter)."""
 
     config: FlashCommConfig
     world_size: int
@@ -268,77 +269,66 @@ class SymmetricReduceScatter:
 
     @classmethod
     def over(cls, group_name: str, device: torch.device, numel: int, world_size: int,
-             config: FlashCommConfig) -> "SymmetricReduceScatter":
-        """For reduce-scatters of up to `numel` elements, the workspace allocated now (a collective) if needed."""
-        ws = workspace(group_name, device, workspace_bytes(scatter_layout(numel, world_size, config)))
+             config: FlashCommConfig) -> "SymmetricHalf":
+        """For inputs of up to `numel` elements, the workspace allocated now (a collective) if needed."""
+        ws = workspace(group_name, device, workspace_bytes(cls.payload(numel, world_size, config)))
         return cls(config, world_size, ws.table.data_ptr(), ws.handle.rank)
 
-    def layout(self, numel) -> PayloadLayout:
-        return scatter_layout(numel, self.world_size, self.config)
+    def __call__(self, x: torch.Tensor, after: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the collective's result, its token); `after` as for `SymmetricPipeline`."""
+        token = torch.empty(1, dtype=torch.int32, device=x.device)
+        self.quantize(x, x if after is None else after, token)
+        return self.collect(x, token), token
+
+
+class SymmetricReduceScatter(SymmetricHalf):
+    """The reduce-scatter: every rank's chunk quantized into this rank's buffer, then this rank's chunk dequantized
+    from every rank's buffer and summed."""
+
+    payload = staticmethod(scatter_layout)
 
     def quantize(self, x: torch.Tensor, after: torch.Tensor, token: torch.Tensor) -> None:
         from .kernels import triton_kernels
 
         validate_dtype(x.dtype)
-        layout = self.layout(x.numel())
+        layout = self.payload(x.numel(), self.world_size, self.config)
         triton_kernels.quantize_symm(scatter_rows(x, layout), self.table_address, self.rank, chunk_stride(layout),
                                      layout, after, token, self.barrier)
 
-    def reduce(self, like: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+    def collect(self, like: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+        """This rank's chunk of the sum."""
         from .kernels import triton_kernels
 
-        layout = self.layout(like.numel())
+        layout = self.payload(like.numel(), self.world_size, self.config)
         return triton_kernels.dequant_sum_peers(self.table_address, _chunk_offset(chunk_stride(layout), self.rank),
                                                 self.rank, layout, like.dtype, scattered_shape(like, self.world_size),
                                                 token, self.barrier)
 
-    def __call__(self, x: torch.Tensor, after: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(this rank's chunk of the sum of x over the group, its token); `after` as for `SymmetricPipeline`."""
-        token = torch.empty(1, dtype=torch.int32, device=x.device)
-        self.quantize(x, x if after is None else after, token)
-        return self.reduce(x, token), token
 
+class SymmetricAllGather(SymmetricHalf):
+    """The all-gather: this rank's values quantized as one chunk into its buffer, then every rank's chunk
+    dequantized from its buffer (every rank dequantizes the same bytes)."""
 
-@dataclass(frozen=True)
-class SymmetricAllGather:
-    """The all-gather over a symmetric-memory workspace: quantize this rank's values as one chunk into its buffer
-    (then the first barrier), then dequantize every rank's chunk from its buffer (then the second: the next
-    collective writes where the chunks lie). Every rank dequantizes the same bytes. `barrier` as for
-    `SymmetricReduceScatter`."""
-
-    config: FlashCommConfig
-    world_size: int
-    table_address: int
-    rank: int
-    barrier: bool = True
-
-    @classmethod
-    def over(cls, group_name: str, device: torch.device, numel: int, world_size: int,
-             config: FlashCommConfig) -> "SymmetricAllGather":
-        """For all-gathers of up to `numel` elements a rank, the workspace allocated now (a collective) if needed."""
-        ws = workspace(group_name, device, workspace_bytes(gather_layout(numel, config)))
-        return cls(config, world_size, ws.table.data_ptr(), ws.handle.rank)
+    @staticmethod
+    def payload(numel, world_size: int, config: FlashCommConfig) -> PayloadLayout:
+        return gather_layout(numel, config)
 
     def quantize(self, x: torch.Tensor, after: torch.Tensor, token: torch.Tensor) -> None:
         from .kernels import triton_kernels
 
         validate_dtype(x.dtype)
-        triton_kernels.quantize_symm(x, self.table_address, self.rank, 0, gather_layout(x.numel(), self.config), after,
-                                     token, self.barrier, self.world_size)
+        layout = self.payload(x.numel(), self.world_size, self.config)
+        triton_kernels.quantize_symm(x, self.table_address, self.rank, 0, layout, after, token, self.barrier,
+                                     self.world_size)
 
-    def dequantize(self, like: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+    def collect(self, like: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+        """Every rank's values, along dim 0."""
         from .kernels import triton_kernels
 
-        every = gathered_layout(gather_layout(like.numel(), self.config), self.world_size)
+        every = gathered_layout(self.payload(like.numel(), self.world_size, self.config), self.world_size)
         values = triton_kernels.dequantize_peers(self.table_address, 0, every, like.dtype,
                                                  (self.world_size, every.chunk_numel), token, self.rank, self.barrier)
         return gathered_values(values, like)
-
-    def __call__(self, x: torch.Tensor, after: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x of every rank, along dim 0, its token); `after` as for `SymmetricPipeline`."""
-        token = torch.empty(1, dtype=torch.int32, device=x.device)
-        self.quantize(x, x if after is None else after, token)
-        return self.dequantize(x, token), token
 
 
 def simulate_halves(impl, inputs: list[torch.Tensor], config: FlashCommConfig) -> tuple[list, list]:

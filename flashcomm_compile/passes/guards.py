@@ -73,7 +73,10 @@ def transport(site: Site, config: FlashCommConfig) -> tuple[str | None, str]:
     return "symm_mem", "auto: the group's GPUs map each other's memory"
 
 
-def quantized_all_reduce(site: Site, config: FlashCommConfig) -> Decision:
+def _decided_before_costs(site: Site,
+                          config: FlashCommConfig) -> Decision | tuple[str, str, cost_model.Prediction | None]:
+    """The decision where costs do not matter (kept before any is weighed, or mode "always"), else, for mode "auto",
+    the transport the site would take, why, and its cost model prediction (None where nothing was measured)."""
     ineligible = eligibility(site)
     if ineligible is not None:
         return ineligible
@@ -84,7 +87,14 @@ def quantized_all_reduce(site: Site, config: FlashCommConfig) -> Decision:
         return keep(why)
     if config.mode == "always":
         return Decision(True, "mode always", chosen, why)
-    prediction = cost_model.predict(site.value.device, site.world_size, config.with_transport(chosen))
+    return chosen, why, cost_model.predict(site.value.device, site.world_size, config.with_transport(chosen))
+
+
+def quantized_all_reduce(site: Site, config: FlashCommConfig) -> Decision:
+    decided = _decided_before_costs(site, config)
+    if isinstance(decided, Decision):
+        return decided
+    chosen, why, prediction = decided
     if prediction is None:
         unmeasured = cost_model.hardware_key(site.value.device, site.world_size)
         return _by_threshold(site, config.min_bytes, "min_bytes", None, chosen, why,
@@ -99,17 +109,10 @@ def quantized_half(site: Site, config: FlashCommConfig) -> Decision:
     """Sequence parallelism's reduce-scatter or all-gather, as one half of the pipeline, over the transport chosen as
     for an all-reduce. Only mode "always" rewrites it: no two-GPU run has timed it against NCCL yet, and the default
     options must never make a model slower. "auto" keeps it with the times predicted from the all-reduce's lines."""
-    ineligible = eligibility(site)
-    if ineligible is not None:
-        return ineligible
-    if config.mode == "never":
-        return keep("mode never")
-    chosen, why = transport(site, config)
-    if chosen is None:
-        return keep(why)
-    if config.mode == "always":
-        return Decision(True, "mode always", chosen, why)
-    prediction = cost_model.predict(site.value.device, site.world_size, config.with_transport(chosen))
+    decided = _decided_before_costs(site, config)
+    if isinstance(decided, Decision):
+        return decided
+    prediction = decided[2]
     return keep(f"mode auto: no {site.kind} has been timed against NCCL yet (mode always rewrites it)",
                 cost_model.for_kind(prediction, site.kind, site.world_size))
 

@@ -147,9 +147,9 @@ def _check_peer_halves(device, world, rows, width, dtype, distribution, seed, re
     tokens = [torch.full((1,), 7, dtype=torch.int32, device=device) for _ in range(4 * world)]
     _, got_scattered, _, got_gathered = ranks.run(
         lambda r: scatter[r].quantize(inputs[r], inputs[r], tokens[r]),
-        lambda r: scatter[r].reduce(inputs[r], tokens[world + r]),
+        lambda r: scatter[r].collect(inputs[r], tokens[world + r]),
         lambda r: gather[r].quantize(inputs[r], tokens[world + r], tokens[2 * world + r]),
-        lambda r: gather[r].dequantize(inputs[r], tokens[3 * world + r]))
+        lambda r: gather[r].collect(inputs[r], tokens[3 * world + r]))
 
     for want, have in zip(gathered, got_gathered):
         assert have.shape == want.shape and torch.equal(have.view(torch.uint8), want.view(torch.uint8))
