@@ -178,6 +178,7 @@ def _sequence_parallel_llama(rank, world, inductor_mode):
                                sequence_parallel=True)
     out = {}
     for transport in ("nccl", "symm_mem"):
+        torch._dynamo.reset()  # the same model compiled afresh for each transport
         backend = flashcomm_compile.backend(mode="always", reduce_bits=8, gather_bits=8, transport=transport,
                                             inductor_mode=inductor_mode)
         compiled = torch.compile(model, backend=backend, fullgraph=True, dynamic=True)
