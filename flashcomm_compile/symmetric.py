@@ -1,18 +1,18 @@
-"""Quantized collectives over symmetric memory: every GPU of the group maps its peers' buffers (NVLink), so an
-all-to-all or an all-gather is folded into the loads of the kernel that needs the data. An all-reduce is three
-kernels (`pipeline.SymmetricPipeline`), the first two ending in a barrier; sequence parallelism's reduce-scatter and
-all-gather are two kernels each, both ending in one (`SymmetricReduceScatter`, `SymmetricAllGather`). No NCCL call,
-and the quantized bytes cross the link once, read by the kernel that needs them. The compiled code reaches the
-workspace through the address of its table, a constant: the workspace is allocated when the graph is compiled, and
-kept for the life of the process.
+"""Quantized collectives over symmetric memory: every GPU of the group maps its peers' buffers (NVLink), so an all-to-
+all or an all-gather is folded into the loads of the kernel that needs the data. An all-reduce is three kernels
+(`pipeline.SymmetricPipeline`), the first two ending in a barrier; sequence parallelism's reduce-scatter and all-
+gather are two kernels each, both ending in one (`pipeline.SymmetricHalf`). No NCCL call, and the quantized bytes
+cross the link once, read by the kernel that needs them. The compiled code reaches the workspace through the address
+of its table, a constant: the workspace is allocated when the graph is compiled, and kept for the life of the
+process.
 
 Each rank's buffer has two halves. Before its first barrier a collective writes only the lower half (an all-reduce
 or a reduce-scatter its W first-step chunks, chunk r read by rank r; an all-gather its one chunk); the all-reduce
 writes its requantized chunk, read by every rank, into the upper half after that barrier. Why that is safe, whatever
 the sizes and kinds of consecutive collectives on one workspace:
-- a peer reads the lower half only between the first barrier and the barrier that ends the collective's last
-  writer-side kernel (the all-reduce's second, the halves' last), so nothing still reads it when the next collective
-  writes it;
+- a peer reads a collective's lower half only between that collective's two barriers (the all-reduce's second ends
+  its dequantize-sum-requantize, a half's ends the kernel that reads the peers), so no peer still reads it when the
+  next collective writes it;
 - a peer may still read an all-reduce's upper half after the last barrier, while this rank starts the next
   collective; that one writes the lower half first, and the upper half (an all-reduce's) only after its own first
   barrier, which every peer reaches after its previous dequantize, the last reader.
@@ -38,7 +38,7 @@ def _align(nbytes: int) -> int:
     return -(-nbytes // ALIGN) * ALIGN
 
 
-def chunk_stride(payload: PayloadLayout):
+def chunk_stride(payload: PayloadLayout) -> int:
     """Bytes from one chunk to the next in a buffer."""
     return _align(payload.chunk_bytes)
 

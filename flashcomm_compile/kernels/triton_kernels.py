@@ -530,7 +530,6 @@ def dequant_sum_peers_kernel(table_high, table_low, in_offset, out, rank, token,
     table = _table(table_high, table_low)
     group = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
     valid = group < groups_per_chunk
-    total = tl.zeros((BLOCK_G, G), tl.float32)
     for source in tl.static_range(WORLD):
         values = _dequantized(_peer_chunk(table, source, in_offset), group, groups_per_chunk, valid, BITS, G, SPIKE,
                               ROTATE, BLOCK_G, PER_THREAD)
