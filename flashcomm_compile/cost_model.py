@@ -132,14 +132,20 @@ def predict(device: torch.device, world_size: int, config: FlashCommConfig) -> P
                       line.get("predicted", ""))
 
 
+def plain_wire_bytes(kind: str, nbytes: int, world: int) -> int:
+    """What the plain collective of `kind` moves for an input of `nbytes`, as payloads are counted: a ring all-reduce
+    moves the tensor twice, a reduce-scatter its input once, an all-gather its output (world times the input) once."""
+    return {"all-reduce": 2 * nbytes, "reduce-scatter": nbytes, "all-gather": world * nbytes}[kind]
+
+
 def for_kind(prediction: Prediction | None, kind: str, world_size: int) -> Prediction | None:
     """The prediction for a collective of `kind` whose input has as many bytes as the all-reduce's: each path's
-    bandwidth term scaled by the share of an all-reduce's traffic the kind moves per input byte (a reduce-scatter
-    half of it, an all-gather, whose output is W inputs, W / 2), latency and host time kept (an overestimate where
-    the half issues fewer launches). Marked predicted: no reduce-scatter or all-gather has been timed."""
+    bandwidth term scaled by the share of an all-reduce's traffic the kind moves per input byte (`plain_wire_bytes`:
+    a reduce-scatter half of it, an all-gather W / 2), latency and host time kept (an overestimate where the half
+    issues fewer launches). Marked predicted: no reduce-scatter or all-gather has been timed."""
     if prediction is None or kind == "all-reduce":
         return prediction
-    share = {"reduce-scatter": 0.5, "all-gather": world_size / 2}[kind]
+    share = plain_wire_bytes(kind, 1, world_size) / plain_wire_bytes("all-reduce", 1, world_size)
     scaled = [Line(line.latency_us, line.us_per_mb * share) for line in (prediction.nccl, prediction.flashcomm)]
     source = f"the all-reduce's lines x {share:g} a byte (no {kind} timed)"
     return Prediction(prediction.hardware, *scaled, prediction.host_us,

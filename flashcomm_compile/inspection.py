@@ -130,15 +130,9 @@ def _payloads(row: SiteRow, site, config: FlashCommConfig) -> None:
     row.reduce_payload_bytes, row.gather_payload_bytes = (None if b is None else _size(b) for b in steps)
     row.padding = "none" if site.proves(tail == 0) else f"{tail} zeros, masked in the kernels"
     if site.is_static:
-        row.compression = round(plain_wire_bytes(site.kind, site.nbytes, world) / sum(b for b in steps if b), 3)
+        row.compression = round(cost_model.plain_wire_bytes(site.kind, site.nbytes, world) / sum(b for b in steps if b), 3)
     row.predicted_error = round(math.hypot(*(step_error(b, config.group_size) for b in bits)), 5)
     row.wire_bits_per_value = sum(step_wire_bits(b, config.group_size) for b in bits)
-
-
-def plain_wire_bytes(kind: str, nbytes: int, world: int) -> int:
-    """What the plain collective moves, as the payloads are counted: a ring all-reduce moves the tensor twice, a
-    reduce-scatter its input once, an all-gather its output (world times the input) once."""
-    return {"all-reduce": 2 * nbytes, "reduce-scatter": nbytes, "all-gather": world * nbytes}[kind]
 
 
 @dataclass
@@ -156,7 +150,7 @@ class Report:
         def wire(r: SiteRow, flash: bool) -> int:
             if flash and r.decision == "rewritten":
                 return sum(int(b) for b in (r.reduce_payload_bytes, r.gather_payload_bytes) if b is not None)
-            return plain_wire_bytes(r.kind, int(r.bytes), self.world_size)
+            return cost_model.plain_wire_bytes(r.kind, int(r.bytes), self.world_size)
 
         predicted = [r for r in self.sites if r.predicted_us]
         return dict(
