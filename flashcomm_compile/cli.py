@@ -76,7 +76,7 @@ def _accuracy_parser(commands) -> None:
                     "run and every config's run compare the model's replicated outputs.")
     p.add_argument("target", metavar="MODULE:FACTORY", help="FACTORY() returns (model, example_inputs)")
     p.add_argument("--world-size", type=int, default=2, help=f"ranks, 2..{MAX_WORLD_SIZE}")
-    p.add_argument("--configs", default=",".join(f"INT{r}/INT{g}" for r, g in FRONTIER),
+    p.add_argument("--configs", default=",".join(FRONTIER),
                    help="splits to measure, e.g. INT6/INT6,INT2+spike/INT4")
     p.add_argument("--rotations", default=",".join(ROTATIONS), help=f"each split with each of {list(ROTATIONS)}")
     p.add_argument("--group-size", type=int, choices=SUPPORTED_GROUP_SIZES, default=128,
@@ -160,15 +160,14 @@ def _accuracy(args: argparse.Namespace) -> str:
 
 
 def _configs(args: argparse.Namespace) -> list:
-    from .evaluation import parse_split
+    from .evaluation import candidates
 
     rotations = args.rotations.split(",")
     for rotation in rotations:
         if rotation not in ROTATIONS:
             raise UsageError(f"--rotations: {rotation!r} is not one of {list(ROTATIONS)}")
     try:
-        return [FlashCommConfig(**parse_split(name), group_size=args.group_size, rotation=rotation, mode="always")
-                for name in args.configs.split(",") for rotation in rotations]
+        return candidates(args.configs.split(","), rotations, args.group_size)
     except ValueError as e:
         raise UsageError(f"--configs: {e}") from e
 

@@ -36,7 +36,7 @@ from .launch import default_backend, rank_device, run_ranks
 from .pipeline import simulate
 
 # the frontier of wire bits against error (README, "Which bits"), each plain and rotated
-FRONTIER = ((8, 8), (6, 6), (5, 5), (4, 8))
+FRONTIER = ("INT8/INT8", "INT6/INT6", "INT5/INT5", "INT4/INT8")
 DEFAULT_MAX_ERROR = 0.01  # relative RMS error of the outputs
 
 
@@ -53,8 +53,9 @@ def parse_split(name: str) -> dict:
 
 
 def candidates(splits=FRONTIER, rotations=("none", "hadamard"), group_size: int = 128) -> list[FlashCommConfig]:
-    return [FlashCommConfig(reduce_bits=r, gather_bits=g, group_size=group_size, rotation=rotation, mode="always")
-            for r, g in splits for rotation in rotations]
+    """Each split (`parse_split`'s names) with each rotation, in mode "always"; ValueError names a bad one."""
+    return [FlashCommConfig(**parse_split(name), group_size=group_size, rotation=rotation, mode="always")
+            for name in splits for rotation in rotations]
 
 
 @dataclass

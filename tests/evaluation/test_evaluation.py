@@ -15,8 +15,8 @@ FACTORIES = "tests.evaluation.factories"
 
 
 def test_each_config_against_the_exact_run_and_the_fewest_bits_within_the_budget():
-    evaluation = evaluate(f"{FACTORIES}:llama_with_head", 2, candidates([(8, 8), (4, 8)], ("none",)), max_error=1.0,
-                          progress=False)
+    evaluation = evaluate(f"{FACTORIES}:llama_with_head", 2, candidates(["INT8/INT8", "INT4/INT8"], ("none",)),
+                          max_error=1.0, progress=False)
     assert evaluation.outputs == [[1, 32, 1000]] and evaluation.backend == "gloo"
     modules = {f"llama.layers.{i}.{m}" for i in (0, 1) for m in ("attention.wo", "feed_forward.w2")}
     assert {s["module"] for s in evaluation.sites} == modules
@@ -36,7 +36,7 @@ def test_each_config_against_the_exact_run_and_the_fewest_bits_within_the_budget
 def test_a_single_all_reduce_errs_on_the_output_as_on_its_own():
     """One all-reduce of the ranks' own inputs: the output's error is the site's simulated one, and rotation cuts
     the error an outlier column makes."""
-    plain, rotated = evaluate(f"{FACTORIES}:one_all_reduce", 2, candidates([(4, 8)]), max_error=1.0,
+    plain, rotated = evaluate(f"{FACTORIES}:one_all_reduce", 2, candidates(["INT4/INT8"]), max_error=1.0,
                               progress=False).configs
     for row in (plain, rotated):
         assert row.relative_error == pytest.approx(row.worst_site["error"], rel=1e-3)
@@ -51,7 +51,7 @@ def test_a_single_all_reduce_errs_on_the_output_as_on_its_own():
 ])
 def test_what_cannot_be_evaluated_says_why(factory, message):
     with pytest.raises(EvaluationError, match=message.replace("(", r"\(")):
-        evaluate(f"{FACTORIES}:{factory}", 2, candidates([(4, 8)], ("none",)), progress=False)
+        evaluate(f"{FACTORIES}:{factory}", 2, candidates(["INT4/INT8"], ("none",)), progress=False)
 
 
 def test_cli_prints_the_table_then_fails_where_no_config_meets_the_budget(tmp_path, capsys):
