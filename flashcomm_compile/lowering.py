@@ -1,7 +1,7 @@
-"""How a rewritten all-reduce becomes nodes of Inductor's post-grad graph.
+"""How a rewritten collective becomes nodes of Inductor's post-grad graph.
 
 The transport's pipeline (`pipeline.py`) is traced on the site's fake values (functionalized, with Inductor's
-decompositions), once per distinct pipeline and values in a graph, and copied in place of each all-reduce. Its Triton
+decompositions), once per distinct pipeline and values in a graph, and copied in place of each collective. Its Triton
 kernels become `triton_kernel_wrapper_functional` nodes, which Inductor turns into user-defined Triton kernels that
 its generated code launches itself; on CPUs the torch reference's stages are three custom ops
 (`kernels/reference_ops.py`); the collectives are Inductor's own. Everything the compile knows (config, layout,
@@ -30,7 +30,8 @@ from .pipeline import (NcclAllGather, NcclPipeline, NcclReduceScatter, Symmetric
 # if larger); the compiled code is guarded on fitting it, a larger size compiles again with a larger workspace.
 SYMMETRIC_CAPACITY_BYTES = 256 << 20
 
-# fn(x, after) -> (sum of x, token): `after` and the token order the symmetric-memory kernels of successive sites.
+# fn(x, after) -> (the collective's result, token): `after` and the token order the symmetric-memory kernels of
+# successive sites.
 # Hashable and equal by value (frozen dataclasses): sites whose pipeline and values are alike share one trace.
 Lowered = Callable[[torch.Tensor, "torch.Tensor | None"], "tuple[torch.Tensor, torch.Tensor | None]"]
 

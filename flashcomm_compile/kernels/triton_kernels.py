@@ -518,6 +518,17 @@ def dequantize_peers_kernel(table_high, table_low, in_offset, out, rank, token, 
         _barrier_when_last(table, 1, rank, WORLD)
 
 
+@triton.jit
+def _peer_copy(table, source, in_offset, group, groups_per_chunk, valid, BITS: tl.constexpr, G: tl.constexpr,
+               SPIKE: tl.constexpr, ROTATE: tl.constexpr, BLOCK_G: tl.constexpr, PER_THREAD: tl.constexpr):
+    """Groups `group` of rank `source`'s chunk, dequantized as a float32 dequantize is (saturated where rotated)."""
+    values = _dequantized(_peer_chunk(table, source, in_offset), group, groups_per_chunk, valid, BITS, G, SPIKE,
+                          ROTATE, BLOCK_G, PER_THREAD)
+    if ROTATE:
+        values = _saturate(values, FLOAT32_MAX)
+    return values
+
+
 @triton.jit(do_not_specialize=["rank"])  # one binary for every rank: see _barrier_when_last
 def dequant_sum_peers_kernel(table_high, table_low, in_offset, out, rank, token, width, groups_per_chunk,
                              WORLD: tl.constexpr, BITS: tl.constexpr, G: tl.constexpr, SPIKE: tl.constexpr,
@@ -530,12 +541,11 @@ def dequant_sum_peers_kernel(table_high, table_low, in_offset, out, rank, token,
     table = _table(table_high, table_low)
     group = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
     valid = group < groups_per_chunk
-    for source in tl.static_range(WORLD):
-        values = _dequantized(_peer_chunk(table, source, in_offset), group, groups_per_chunk, valid, BITS, G, SPIKE,
-                              ROTATE, BLOCK_G, PER_THREAD)
-        if ROTATE:
-            values = _saturate(values, FLOAT32_MAX)
-        total = values if source == 0 else total + values
+    total = _peer_copy(table, 0, in_offset, group, groups_per_chunk, valid, BITS, G, SPIKE, ROTATE, BLOCK_G,
+                       PER_THREAD)
+    for source in tl.static_range(1, WORLD):
+        total = total + _peer_copy(table, source, in_offset, group, groups_per_chunk, valid, BITS, G, SPIKE, ROTATE,
+                                   BLOCK_G, PER_THREAD)
     offsets = group.to(tl.int64)[:, None] * G + tl.arange(0, G)[None, :]
     tl.store(out + offsets, total.to(out.dtype.element_ty), mask=valid[:, None] & (offsets < width))
     _mark(token)
